@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""skinkeras command line: options -> config -> library call. Run `python cli.py --help`."""
+
+import functools
+import os
+import sys
+
+import click
+
+VALID_BACKENDS = ("jax", "tensorflow", "torch")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides the progress output
+
+
+def check_backend():
+    """Fails with one line when KERAS_BACKEND names a backend we do not support."""
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend and backend not in VALID_BACKENDS:
+        raise click.ClickException(f"Unknown KERAS_BACKEND={backend!r}; valid: {', '.join(VALID_BACKENDS)}")
+
+
+def friendly_errors(func):
+    """Turns the library's input errors into one-line CLI errors instead of tracebacks."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        check_backend()
+        from skinkeras.models.encoders import WeightsUnavailableError
+
+        try:
+            return func(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError, WeightsUnavailableError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise click.ClickException(message) from None
+
+    return wrapper
+
+
+def data_options(func):
+    """--data-dir | --images/--masks, --limit: shared by every command that reads a labelled set."""
+    func = click.option("--limit", type=int, default=None, help="Use the first N pairs of a seeded order.")(func)
+    func = click.option("--masks", type=click.Path(file_okay=False), default=None,
+                        help="Mask folder (ID_segmentation.png, ID_lesion.png, ID.png).")(func)
+    func = click.option("--images", type=click.Path(file_okay=False), default=None,
+                        help="Plain image folder, instead of --data-dir.")(func)
+    func = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                        help="ISIC 2018 Task 1 folder in the official layout.")(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def cli():
+    """skinkeras: Deep-UNet lesion segmentation (and, later, TDBN classification) on JAX, TensorFlow or PyTorch.
+
+    The backend is chosen with the KERAS_BACKEND environment variable (jax, tensorflow, torch).
+    """
+
+
+@cli.command("make-synthetic")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n", default=200, show_default=True, help="Images per dataset.")
+@click.option("--seed", default=0, show_default=True)
+@friendly_errors
+def make_synthetic_cmd(out, n, seed):
+    """Generate a synthetic dataset in the ISIC 2018 Task 1, HAM10000 and ISIC 2019 layouts."""
+    from skinkeras.data.synthetic import make_synthetic
+
+    folders = make_synthetic(out, n=n, seed=seed)
+    for name, folder in folders.items():
+        click.echo(f"{name}: {folder}")
+
+
+@cli.command("seg-train")
+@data_options
+@click.option("--arch", default=None, help="deep_unet (default) | unet | unetpp | deeplabv3plus")
+@click.option("--encoder", default=None, help="Encoder table name (default efficientnetb3).")
+@click.option("--weights", default=None, help="imagenet (default) | none | PATH to encoder weights.")
+@click.option("--image-size", type=int, default=None, help="Square input size, multiple of 32 (default 224).")
+@click.option("--epochs", type=int, default=None, help="Default 12.")
+@click.option("--batch-size", type=int, default=None, help="Default 32.")
+@click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate (default 1e-4).")
+@click.option("--seed", type=int, default=None, help="Default 0.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="experiments/*.toml with values that differ from the defaults.")
+@click.option("--out", default=None, help="Run folder (default runs/seg-train-<timestamp>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.keras.")
+@friendly_errors
+def seg_train_cmd(config_file, resume, **options):
+    """Train a segmentation model (paper 4.1) and write its run folder."""
+    from skinkeras.config import SegTrainConfig, resolve
+    from skinkeras.models.encoders import encoder_spec
+    from skinkeras.models.seg_baselines import SEG_ARCHS
+    from skinkeras.train import train_segmentation
+
+    cfg = resolve(SegTrainConfig, config_file, **options)
+    if cfg.arch not in SEG_ARCHS:
+        raise ValueError(f"Unknown --arch {cfg.arch!r}; valid: {', '.join(SEG_ARCHS)}")
+    encoder_spec(cfg.encoder)
+    if resume and not cfg.out:
+        raise ValueError("--resume needs --out RUN_DIR of the run to continue")
+    if not resume and cfg.data_dir is None and cfg.images is None:
+        raise ValueError("Give --data-dir DIR (ISIC 2018 layout) or --images DIR --masks DIR")
+    run_dir = train_segmentation(cfg, resume=resume)
+    click.echo(f"Run folder: {run_dir}")
+
+
+@cli.command("seg-eval")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None, help="RUN/best.keras")
+@data_options
+@click.option("--subset", default="train", show_default=True, help="Official subset with --data-dir: train|val|test.")
+@click.option("--truth-dir", type=click.Path(file_okay=False), default=None, help="Score existing masks: truth.")
+@click.option("--pred-dir", type=click.Path(file_okay=False), default=None, help="Score existing masks: predictions.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--out", default=None, help="Output folder (default runs/seg-eval-<timestamp>).")
+@friendly_errors
+def seg_eval_cmd(model_path, data_dir, images, masks, limit, subset, truth_dir, pred_dir, batch_size, out):
+    """Score segmentation: predict + score a labelled set, or score existing mask folders."""
+    from skinkeras import runs
+    from skinkeras.evaluate import seg_eval_folders, seg_eval_model
+
+    out = out or runs.default_run_dir("seg-eval")
+    if truth_dir or pred_dir:
+        if not (truth_dir and pred_dir) or model_path:
+            raise ValueError("Scoring folders needs both --truth-dir and --pred-dir (and no --model)")
+        metrics = seg_eval_folders(truth_dir, pred_dir, out)
+    else:
+        if not model_path:
+            raise ValueError("Give --model RUN/best.keras with --data-dir or --images/--masks, "
+                             "or --truth-dir/--pred-dir")
+        metrics = seg_eval_model(model_path, out, data_dir, images, masks, subset, limit, batch_size=batch_size)
+    click.echo(" ".join(f"{k}={metrics[k]:.4f}" for k in ("dice", "jaccard", "threshold_jaccard", "accuracy",
+                                                          "sensitivity", "specificity")))
+    click.echo(f"Results: {out}")
+
+
+@cli.command("segment")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras")
+@click.option("--images", type=click.Path(file_okay=False), required=True, multiple=True,
+              help="Image folder (repeat for HAM10000 part_1 / part_2).")
+@click.option("--out", required=True, help="Output folder (SEGDIR) read by the classification stage.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@friendly_errors
+def segment_cmd(model_path, images, out, batch_size):
+    """Write predicted masks and segmented images (original x mask) for image folders."""
+    from skinkeras.evaluate import segment_folder
+
+    for folder in images:
+        report = segment_folder(model_path, folder, out, batch_size=batch_size)
+        click.echo(f"{folder}: {report['written']} written, {report['already_there']} already there, "
+                   f"{report['skipped']} skipped -> {out}")
+
+
+@cli.command("demo")
+@click.option("--out", default="demo", show_default=True, help="Folder for the data and all runs.")
+@click.option("--n", default=96, show_default=True, help="Synthetic images per dataset.")
+@click.option("--epochs", default=6, show_default=True)
+@click.option("--image-size", default=96, show_default=True)
+@click.option("--encoder", default="efficientnetb0", show_default=True)
+@friendly_errors
+def demo_cmd(out, n, epochs, image_size, encoder):
+    """make-synthetic, seg-train, seg-eval and segment on a synthetic set, with small settings."""
+    from skinkeras.demo import run_demo
+
+    run_demo(out, n=n, epochs=epochs, image_size=image_size, encoder=encoder, echo=click.echo)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,1 @@
+"""Datasets in their official layouts, the input pipeline and the synthetic generator."""

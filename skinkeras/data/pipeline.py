@@ -1,0 +1,226 @@
+"""Image reading, in-memory loading and the augmented input pipeline (keras.utils.PyDataset)."""
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+from PIL import Image
+
+from skinkeras.metrics import read_mask
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded; the message is one line naming the file."""
+
+
+def to_uint8_rgb(img):
+    """Converts a PIL image of any mode (L, LA, P, RGBA, CMYK, 16-bit I;16 / I) to uint8 RGB.
+
+    Args:
+        img: an opened PIL image.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        # 16-bit data is rescaled, not clipped, so a full-range 16-bit scan keeps its contrast.
+        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(np.round(arr * (255.0 / scale)), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if img.mode == "F":
+        arr = np.asarray(img)
+        arr = np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb(path):
+    """Reads an image as uint8 (H, W, 3) RGB, whatever its mode or bit depth.
+
+    Args:
+        path: image file.
+
+    Raises:
+        ImageReadError: unreadable or truncated file, with a one-line message naming it.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_uint8_rgb(img)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ImageReadError(f"{path}: cannot read image ({reason}); re-export or remove the file") from None
+
+
+def resize_rgb(image, size):
+    """Bilinear resize of a uint8 RGB array to (H, W).
+
+    Args:
+        image: uint8 (H, W, 3).
+        size: (H, W) target.
+    """
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_mask(mask, size):
+    """Nearest-neighbour resize of a binary mask to (H, W), returning uint8 0/1.
+
+    Args:
+        mask: bool or 0/1 (H, W).
+        size: (H, W) target.
+    """
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    if mask.shape[:2] != tuple(size):
+        img = img.resize((size[1], size[0]), Image.NEAREST)
+    return (np.asarray(img) > 127).astype(np.uint8)
+
+
+def load_pair(pair, size):
+    """Reads, checks and resizes one image/mask pair.
+
+    Args:
+        pair: `skinkeras.data.isic2018.Pair`.
+        size: (H, W) target.
+
+    Returns:
+        (image uint8 (H, W, 3), mask uint8 (H, W, 1)); mask is None when the pair has none.
+
+    Raises:
+        ValueError: unreadable files, or a mask of another size than its image.
+    """
+    image = read_rgb(pair.image_path)
+    if pair.mask_path is None:
+        return resize_rgb(image, size), None
+    mask = read_mask(pair.mask_path)
+    if mask.shape[:2] != image.shape[:2]:
+        raise ValueError(
+            f"{pair.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{os.path.basename(pair.image_path)} is {image.shape[1]}x{image.shape[0]}; fix or remove the pair"
+        )
+    return resize_rgb(image, size), resize_mask(mask, size)[..., None]
+
+
+def load_pairs(pairs, size, progress=True, workers=2):
+    """Loads pairs into memory, skipping (not crashing on) bad files.
+
+    Args:
+        pairs: list of `Pair`.
+        size: (H, W) target.
+        progress: show a progress bar.
+        workers: decoding threads (PIL releases the GIL while decoding).
+
+    Returns:
+        (images uint8 (N, H, W, 3), masks uint8 (N, H, W, 1) or None, kept pairs, skipped [(path, reason)]).
+    """
+
+    def safe(pair):
+        try:
+            return load_pair(pair, size), None
+        except (ValueError, OSError) as exc:
+            return None, str(exc)
+
+    bar = keras.utils.Progbar(len(pairs), unit_name="image") if progress and pairs else None
+    images, masks, kept, skipped = [], [], [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, (pair, (result, error)) in enumerate(zip(pairs, pool.map(safe, pairs))):
+            if error is not None:
+                skipped.append((pair.image_path, error))
+            else:
+                images.append(result[0])
+                masks.append(result[1])
+                kept.append(pair)
+            if bar is not None:
+                bar.update(i + 1)
+    if not kept:
+        raise ValueError(f"None of the {len(pairs)} images could be loaded; first problem: {skipped[0][1]}")
+    has_masks = all(m is not None for m in masks)
+    return np.stack(images), (np.stack(masks) if has_masks else None), kept, skipped
+
+
+def augment_pair(image, mask, rng, flip_prob=0.5, max_rotation=15.0):
+    """The paper's augmentation (4.2), applied identically to an image and its mask.
+
+    Horizontal flip with probability `flip_prob`, then a rotation drawn
+    uniformly in +-`max_rotation` degrees (bilinear for the image, nearest for
+    the mask; corners filled with black, like a dermoscope's vignette).
+
+    Args:
+        image: uint8 (H, W, 3).
+        mask: uint8 (H, W, 1) or None.
+        rng: numpy Generator.
+        flip_prob: probability of a horizontal flip.
+        max_rotation: maximum absolute rotation in degrees.
+    """
+    if rng.random() < flip_prob:
+        image = image[:, ::-1]
+        mask = None if mask is None else mask[:, ::-1]
+    if max_rotation > 0:
+        angle = float(rng.uniform(-max_rotation, max_rotation))
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).rotate(angle, Image.BILINEAR))
+        if mask is not None:
+            rotated = Image.fromarray(np.ascontiguousarray(mask[..., 0])).rotate(angle, Image.NEAREST)
+            mask = np.asarray(rotated)[..., None]
+    return image, mask
+
+
+class SegmentationDataset(keras.utils.PyDataset):
+    """Batches of in-memory image/mask arrays, shuffled and augmented per epoch.
+
+    Yields float32 0-255 images (the models preprocess for their encoder
+    themselves) and a dict of float32 0/1 masks, one entry per model output
+    (the same mask for the deep-supervision heads).
+
+    Args:
+        images: uint8 (N, H, W, 3).
+        masks: uint8 (N, H, W, 1).
+        batch_size: batch size.
+        output_names: names of the model outputs that take the mask as target.
+        augment: apply flip + rotation.
+        shuffle: reshuffle every epoch.
+        seed: seed of shuffling and augmentation.
+        flip_prob: horizontal flip probability.
+        max_rotation: rotation range in degrees.
+    """
+
+    def __init__(self, images, masks, batch_size=32, output_names=("mask",), augment=False, shuffle=False,
+                 seed=0, flip_prob=0.5, max_rotation=15.0, **kwargs):
+        super().__init__(**kwargs)
+        self.images = images
+        self.masks = masks
+        self.batch_size = int(batch_size)
+        self.output_names = tuple(output_names)
+        self.augment = augment
+        self.shuffle = shuffle
+        self.seed = seed
+        self.flip_prob = flip_prob
+        self.max_rotation = max_rotation
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self):
+        if not self.shuffle:
+            return np.arange(len(self.images))
+        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.images))
+
+    def __len__(self):
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        images, masks = self.images[idx], self.masks[idx]
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            pairs = [augment_pair(i, m, rng, self.flip_prob, self.max_rotation) for i, m in zip(images, masks)]
+            images = np.stack([p[0] for p in pairs])
+            masks = np.stack([p[1] for p in pairs])
+        x = images.astype("float32")
+        y = masks.astype("float32")
+        return x, {name: y for name in self.output_names}
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()

@@ -1,0 +1,411 @@
+"""Segmentation metrics that reproduce the official ISIC scorer, plus Keras training metrics.
+
+The numpy half mirrors ``isic-challenge-scoring`` 5.6 (``SegmentationScore``):
+
+* Binarisation: a mask pixel is foreground when its 8-bit value is ``> 128``
+  (strictly; 128 is background, 129 is foreground), for truth and prediction alike.
+* Per image, from the confusion counts TP, FP, FN, TN:
+
+  - accuracy    = (TP + TN) / (TP + TN + FP + FN)
+  - sensitivity = TP / (TP + FN), or 1.0 when TP + FN == 0 (empty truth)
+  - specificity = TN / (TN + FP), or 1.0 when TN + FP == 0 (truth covers the image)
+  - jaccard     = TP / (TP + FP + FN), or 1.0 when TP + FP + FN == 0 (both empty)
+  - dice        = 2TP / (2TP + FP + FN), or 1.0 when TP + FP + FN == 0 (both empty)
+  - threshold_jaccard = jaccard if jaccard >= 0.65 else 0.0 (exactly 0.65 is kept)
+
+  An empty truth with a non-empty prediction therefore scores dice = jaccard = 0
+  but sensitivity = 1.
+* Aggregation: unweighted macro mean of the per-image values over all images.
+* Pairing: every file in the truth folder except ``ATTRIBUTION.txt`` and
+  ``LICENSE.txt`` must carry an id ``ISIC_[0-9]{7}`` in its stem; its prediction is
+  the one file in the prediction folder whose stem contains the id's 7 digits
+  (the ``ISIC_`` prefix is not required). For Task-2 style truths named
+  ``..._attribute_<name>`` the prediction stem must also contain ``<name>``.
+  No candidate or several candidates is an error; extra predictions are ignored.
+
+Deliberate differences from the scorer, all on inputs it rejects: ``read_mask``
+accepts RGB/RGBA/palette/16-bit masks (the scorer only takes 8-bit ``L`` and
+1-bit images; pass ``strict=True`` to reject them too), errors are ``ValueError``
+and ``score_mask_folders`` reports every missing prediction at once.
+
+The Keras half (``DiceCoefficient``, ``JaccardIndex``) uses ``keras.ops`` only and
+applies the same empty-mask convention on thresholded probabilities.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from keras import ops
+from PIL import Image, UnidentifiedImageError
+
+SEG_METRICS = ("dice", "jaccard", "threshold_jaccard", "accuracy", "sensitivity", "specificity")
+
+#: 8-bit value above which a pixel is foreground (the scorer's ``image > 128``).
+BINARY_THRESHOLD = 128
+#: Jaccard below this scores 0 in ``threshold_jaccard`` (the scorer's 0.65).
+JACCARD_THRESHOLD = 0.65
+
+_ISIC_ID = re.compile(r"ISIC_[0-9]{7}")
+_ATTRIBUTE = re.compile(r"attribute_([a-z_]+)")
+# The scorer skips exactly these two names in the ground-truth folder.
+_TRUTH_EXTRAS = frozenset({"ATTRIBUTION.txt", "LICENSE.txt"})
+_COLOUR_MODES = frozenset({"P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+_MAX_LISTED = 10
+
+
+def _binary(mask, what):
+    """Boolean foreground of a bool mask or a 0-255 integer image.
+
+    Args:
+        mask: bool array (used as is) or integer array of 8-bit intensities.
+        what: name used in the error message.
+    """
+    arr = np.asarray(mask)
+    if arr.dtype == bool:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr > BINARY_THRESHOLD
+    raise ValueError(
+        f"{what}: dtype {arr.dtype} is neither bool nor 0-255 integers; "
+        "threshold probabilities first (e.g. prob > 0.5)"
+    )
+
+
+def seg_confusion(truth: np.ndarray, pred: np.ndarray) -> tuple:
+    """Pixel confusion counts (tp, fp, fn, tn) of one mask pair, as python ints.
+
+    Integer arrays are 8-bit intensities binarised with ``> 128`` like the scorer,
+    so a 0/1 integer mask reads as empty: pass bool masks for 0/1 data.
+
+    Args:
+        truth: ground-truth mask, bool or 0-255 integers.
+        pred: predicted mask of the same shape, bool or 0-255 integers.
+    """
+    if np.shape(truth) != np.shape(pred):
+        raise ValueError(
+            f"truth shape {np.shape(truth)} != pred shape {np.shape(pred)}; resize the prediction"
+        )
+    t = _binary(truth, "truth").ravel()
+    p = _binary(pred, "pred").ravel()
+    if t.size == 0:
+        raise ValueError("empty mask (no pixels); pass an HxW mask")
+    tp = int(np.count_nonzero(t & p))
+    fp = int(np.count_nonzero(~t & p))
+    fn = int(np.count_nonzero(t & ~p))
+    return tp, fp, fn, t.size - tp - fp - fn
+
+
+def seg_scores(truth, pred) -> dict:
+    """Per-image ISIC metrics (keys ``SEG_METRICS``) with the scorer's edge-case rules.
+
+    Args:
+        truth: ground-truth mask, bool or 0-255 integers.
+        pred: predicted mask of the same shape, bool or 0-255 integers.
+    """
+    tp, fp, fn, tn = seg_confusion(truth, pred)
+    union = tp + fp + fn
+    jaccard = tp / union if union else 1.0
+    return {
+        "dice": 2 * tp / (2 * tp + fp + fn) if union else 1.0,
+        "jaccard": jaccard,
+        "threshold_jaccard": jaccard if jaccard >= JACCARD_THRESHOLD else 0.0,
+        "accuracy": (tp + tn) / (tp + tn + fp + fn),
+        "sensitivity": tp / (tp + fn) if tp + fn else 1.0,
+        "specificity": tn / (tn + fp) if tn + fp else 1.0,
+    }
+
+
+def mean_scores(per_image: list[dict]) -> dict:
+    """Unweighted macro mean of per-image metrics, as plain python floats.
+
+    Args:
+        per_image: dicts holding at least the keys ``SEG_METRICS`` (extra keys are ignored).
+    """
+    if not per_image:
+        raise ValueError("no per-image scores to average; score at least one image")
+    missing = [k for k in SEG_METRICS if any(k not in row for row in per_image)]
+    if missing:
+        raise ValueError(f"per-image scores lack {missing}; build them with seg_scores")
+    return {k: float(np.mean([row[k] for row in per_image], dtype=np.float64)) for k in SEG_METRICS}
+
+
+def _decode_error(path, exc):
+    if isinstance(exc, FileNotFoundError):
+        return ValueError(f"{path}: file not found; check the path")
+    if isinstance(exc, IsADirectoryError):
+        return ValueError(f"{path}: is a folder, not an image; pass a mask file")
+    if isinstance(exc, UnidentifiedImageError):
+        return ValueError(f"{path}: not a recognised image format; save the mask as an 8-bit greyscale PNG")
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ValueError(
+        f"{path}: cannot decode image ({reason}); the file is truncated or corrupt, re-export the mask"
+    )
+
+
+def _to_uint8(image, path):
+    mode = image.mode
+    if mode == "L":
+        return np.asarray(image)
+    if mode == "1" or mode in _COLOUR_MODES:
+        # Pillow's ITU-R 601 luma keeps 0/255 grey-valued masks exact; alpha is ignored.
+        return np.asarray(image.convert("L"))
+    if mode == "I" or mode.startswith("I;16"):
+        wide = np.asarray(image).astype(np.int64)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise ValueError(
+                f"{path}: mode {mode} values span {wide.min()}..{wide.max()}, outside 16-bit 0..65535; "
+                "save the mask as an 8-bit greyscale PNG"
+            )
+        # v/257 inverts the usual 8->16 bit expansion (v8 * 257); no ties occur for integers.
+        return np.rint(wide / 257.0).astype(np.uint8)
+    raise ValueError(f"{path}: unsupported image mode {mode!r}; save the mask as an 8-bit greyscale PNG")
+
+
+def read_mask(path, *, strict=False) -> np.ndarray:
+    """Read a mask file as a bool HxW array, foreground where the 8-bit value is > 128.
+
+    8-bit ``L`` and 1-bit images are read like the scorer. Colour/palette images
+    (RGB, RGBA, LA, P, ...) are converted to ``L`` with Pillow (luma, alpha dropped).
+    16-bit (``I;16*``) and 32-bit ``I`` images are taken as 0..65535 and scaled to
+    8 bits with ``round(v / 257)`` before the ``> 128`` test.
+
+    Args:
+        path: image file.
+        strict: reject everything but 8-bit ``L`` and 1-bit images, as the scorer does.
+    """
+    path = Path(path)
+    decode_errors = (OSError, SyntaxError, EOFError, ValueError, zlib.error)
+    try:
+        image = Image.open(path)
+    except decode_errors as exc:
+        raise _decode_error(path, exc) from exc
+    with image:
+        try:
+            image.load()
+        except decode_errors as exc:
+            raise _decode_error(path, exc) from exc
+        if strict and image.mode not in ("L", "1"):
+            raise ValueError(
+                f"{path}: mode {image.mode} is not single-channel 8-bit greyscale "
+                "(the ISIC scorer rejects it); "
+                "save it with skinkeras.metrics.write_mask"
+            )
+        return _to_uint8(image, path) > BINARY_THRESHOLD
+
+
+def write_mask(path, mask_bool) -> None:
+    """Write a mask as a single-channel 8-bit PNG holding 0 and 255 (the ISIC submission format).
+
+    Args:
+        path: output file; its folder must exist.
+        mask_bool: HxW (or HxWx1) bool array, or a numeric array holding only 0 and 1.
+    """
+    arr = np.asarray(mask_bool)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"{path}: mask shape {np.shape(mask_bool)} is not HxW; pass a 2-D mask")
+    if arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(
+                f"{path}: mask holds values other than 0/1; threshold it first (e.g. prob > 0.5)"
+            )
+        arr = arr.astype(bool)
+    Image.fromarray(arr.astype(np.uint8) * 255).save(Path(path), format="PNG")
+
+
+def _listed(names):
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _pair_files(truth_dir, pred_dir):
+    """Match every ground-truth file to its prediction with the scorer's rules.
+
+    Args:
+        truth_dir: folder of ground-truth masks.
+        pred_dir: folder of predicted masks.
+    """
+    for folder in (truth_dir, pred_dir):
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: not a folder; pass the folder holding the masks")
+    truth_files = [p for p in sorted(truth_dir.iterdir()) if p.name not in _TRUTH_EXTRAS]
+    if not truth_files:
+        raise ValueError(
+            f"{truth_dir}: folder holds no ground-truth masks; "
+            "point it at ISIC_xxxxxxx_segmentation.png files"
+        )
+    pred_files = sorted(pred_dir.iterdir())
+    if not pred_files:
+        raise ValueError(f"{pred_dir}: folder holds no predicted masks; write them with write_mask first")
+
+    pairs, missing = [], []
+    for truth_file in truth_files:
+        found = _ISIC_ID.search(truth_file.stem)
+        if not found:
+            raise ValueError(
+                f"{truth_file}: no ISIC id (ISIC_ + 7 digits) in the name; "
+                "rename it or move it out of the folder"
+            )
+        image_id, number = found.group(0), found.group(0)[len("ISIC_"):]
+        attribute = _ATTRIBUTE.search(truth_file.stem)
+        label = image_id if attribute is None else f"{image_id}_attribute_{attribute.group(1)}"
+        candidates = [
+            p for p in pred_files if number in p.stem and (attribute is None or attribute.group(1) in p.stem)
+        ]
+        if not candidates:
+            missing.append(label)
+        elif len(candidates) > 1:
+            raise ValueError(
+                f"{pred_dir}: several predictions match {truth_file.name} "
+                f"({_listed([p.name for p in candidates])}); keep exactly one file per image"
+            )
+        else:
+            pairs.append((label, truth_file, candidates[0]))
+    if missing:
+        raise ValueError(
+            f"{pred_dir}: no prediction for {len(missing)} ground-truth image(s): {_listed(missing)}; "
+            "write one mask per id, named ISIC_xxxxxxx_segmentation.png"
+        )
+    return pairs
+
+
+def score_mask_folders(truth_dir, pred_dir, *, strict=False) -> tuple[pd.DataFrame, dict]:
+    """Score a folder of predicted masks against ground truth exactly like the ISIC scorer.
+
+    Pairing follows the scorer (see the module docstring): the prediction for
+    ``ISIC_0012345_segmentation.png`` is the single file whose stem contains
+    ``0012345``; ``ISIC_0012345_segmentation.png`` is the recommended name.
+
+    Args:
+        truth_dir: folder of ground-truth masks named with their ISIC id.
+        pred_dir: folder of predicted masks, one per ground-truth id.
+        strict: read masks like the scorer, rejecting anything but 8-bit ``L``/1-bit images.
+
+    Returns:
+        (per-image DataFrame with columns ``image_id`` + ``SEG_METRICS`` sorted by id,
+        dict of macro means as python floats).
+    """
+    rows = []
+    for label, truth_file, pred_file in _pair_files(Path(truth_dir), Path(pred_dir)):
+        truth = read_mask(truth_file, strict=strict)
+        pred = read_mask(pred_file, strict=strict)
+        if truth.shape != pred.shape:
+            (th, tw), (ph, pw) = truth.shape, pred.shape
+            raise ValueError(
+                f"{pred_file}: size {pw}x{ph} differs from ground truth {truth_file} ({tw}x{th}); "
+                "resize the prediction to the original image size"
+            )
+        rows.append({"image_id": label, **seg_scores(truth, pred)})
+    frame = pd.DataFrame(rows, columns=["image_id", *SEG_METRICS])
+    frame = frame.sort_values("image_id", kind="stable").reset_index(drop=True)
+    return frame, mean_scores(rows)
+
+
+class _PerImageOverlap(keras.metrics.Metric):
+    """Mean over images of a per-image overlap score of thresholded masks.
+
+    Args:
+        threshold: a prediction pixel is foreground when ``y_pred > threshold``
+            (strict, like the scorer's ``> 128``); truth is foreground when ``y_true > 0.5``.
+        name: metric name.
+        **kwargs: passed to ``keras.metrics.Metric`` (e.g. ``dtype``).
+    """
+
+    def __init__(self, threshold=0.5, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = float(threshold)
+        self.score_sum = self.add_variable(shape=(), initializer="zeros", name="score_sum")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def _score(self, tp, fp, fn):
+        raise NotImplementedError
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Add the per-image scores of one batch.
+
+        Args:
+            y_true: (batch, H, W, 1) ground truth in [0, 1].
+            y_pred: (batch, H, W, 1) foreground probabilities.
+            sample_weight: optional per-image weights, shape (batch,); per-pixel
+                weights are averaged per image.
+        """
+        y_true = ops.convert_to_tensor(y_true)
+        y_pred = ops.convert_to_tensor(y_pred)
+        axes = tuple(range(1, len(y_pred.shape)))
+        t = ops.cast(ops.greater(y_true, 0.5), self.dtype)
+        p = ops.cast(ops.greater(y_pred, self.threshold), self.dtype)
+        tp = ops.sum(t * p, axis=axes)
+        fp = ops.sum((1.0 - t) * p, axis=axes)
+        fn = ops.sum(t * (1.0 - p), axis=axes)
+        union = tp + fp + fn
+        # Both masks empty scores 1, as in the ISIC scorer; _score clamps its denominator so the
+        # branch where() discards never divides by zero.
+        score = ops.where(union > 0, self._score(tp, fp, fn), ops.ones_like(union))
+        if sample_weight is None:
+            weight = ops.ones_like(score)
+        else:
+            weight = ops.cast(ops.convert_to_tensor(sample_weight), self.dtype)
+            if len(weight.shape) > 1:
+                weight = ops.mean(weight, axis=tuple(range(1, len(weight.shape))))
+            weight = ops.broadcast_to(weight, ops.shape(score))
+        self.score_sum.assign_add(ops.sum(score * weight))
+        self.count.assign_add(ops.sum(weight))
+
+    def result(self):
+        return ops.divide_no_nan(self.score_sum, self.count)
+
+    def reset_state(self):
+        self.score_sum.assign(ops.zeros((), dtype=self.dtype))
+        self.count.assign(ops.zeros((), dtype=self.dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"threshold": self.threshold})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="skinkeras")
+class DiceCoefficient(_PerImageOverlap):
+    """Mean per-image Dice of thresholded predictions (threshold=0.5 default) over all images seen.
+
+    Per image Dice = 2TP / (2TP + FP + FN), and 1 when truth and prediction are
+    both empty, matching the ISIC scorer.
+
+    Args:
+        threshold: prediction pixels ``> threshold`` are foreground.
+        name: metric name.
+        **kwargs: passed to ``keras.metrics.Metric``.
+    """
+
+    def __init__(self, threshold=0.5, name="dice", **kwargs):
+        super().__init__(threshold=threshold, name=name, **kwargs)
+
+    def _score(self, tp, fp, fn):
+        return 2.0 * tp / ops.maximum(2.0 * tp + fp + fn, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="skinkeras")
+class JaccardIndex(_PerImageOverlap):
+    """Mean per-image Jaccard of thresholded predictions (threshold=0.5 default) over all images seen.
+
+    Per image Jaccard = TP / (TP + FP + FN), and 1 when truth and prediction are
+    both empty, matching the ISIC scorer.
+
+    Args:
+        threshold: prediction pixels ``> threshold`` are foreground.
+        name: metric name.
+        **kwargs: passed to ``keras.metrics.Metric``.
+    """
+
+    def __init__(self, threshold=0.5, name="jaccard", **kwargs):
+        super().__init__(threshold=threshold, name=name, **kwargs)
+
+    def _score(self, tp, fp, fn):
+        return tp / ops.maximum(tp + fp + fn, 1.0)

@@ -1,0 +1,1 @@
+"""Model builders; importing a builder module registers its custom layers."""

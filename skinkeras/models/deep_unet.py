@@ -1,0 +1,109 @@
+"""Deep-UNet: EfficientNetB3 encoder, ASPP bottleneck, DAG skips, deep supervision (paper 4.1.1)."""
+
+import keras
+from keras import layers
+
+from skinkeras.layers import ASPP, DepthwiseAttentionGate, SeparableDoubleConv
+from skinkeras.models.encoders import build_encoder, encoder_features, preprocess_layer
+
+DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
+MAIN_OUTPUT = "mask"
+AUX_OUTPUTS = ("aux1", "aux2")
+
+
+def encoder_pyramid(inputs, encoder_name, weights, image_size):
+    """Preprocesses 0-255 `inputs` and returns the encoder's five feature maps (strides 2..32).
+
+    Args:
+        inputs: the model's image Input (0-255 RGB).
+        encoder_name: name from the encoder table.
+        weights: "imagenet", None, or a weights path.
+        image_size: (H, W) of the input.
+    """
+    encoder = build_encoder(encoder_name, (*image_size, 3), weights=weights, model_name=f"{encoder_name}_encoder")
+    feature_model = keras.Model(encoder.input, encoder_features(encoder_name, encoder), name=f"{encoder_name}_features")
+    x = preprocess_layer(encoder_name)(inputs)
+    return feature_model(x)
+
+
+def check_image_size(image_size):
+    """Returns (H, W), checking that both divide by 32 (five stride-2 stages).
+
+    Args:
+        image_size: int or (H, W).
+    """
+    size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    if any(s % 32 or s < 32 for s in size):
+        raise ValueError(f"--image-size must be a multiple of 32 (got {size}); e.g. 128, 224, 256")
+    return size
+
+
+def mask_head(x, name, upsample=1):
+    """1x1 sigmoid mask head, bilinearly upsampled to full resolution for auxiliary levels.
+
+    Args:
+        x: decoder feature map.
+        name: output name.
+        upsample: integer upsampling factor to the input resolution.
+    """
+    if upsample > 1:
+        x = layers.Conv2D(1, 1, name=f"{name}_logits")(x)
+        x = layers.UpSampling2D(upsample, interpolation="bilinear", name=f"{name}_up")(x)
+        return layers.Activation("sigmoid", dtype="float32", name=name)(x)
+    return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=name)(x)
+
+
+def build_deep_unet(
+    image_size=224,
+    encoder="efficientnetb3",
+    weights="imagenet",
+    decoder_filters=DEFAULT_DECODER_FILTERS,
+    aspp_filters=256,
+    aspp_rates=(1, 2, 3),
+    aspp_dropout=0.1,
+    deep_supervision=True,
+):
+    """Builds Deep-UNet as a functional model taking 0-255 RGB images.
+
+    Paper 4.1.1 / Figure 1: encoder -> ASPP bottleneck -> five decoder levels,
+    each a Conv2DTranspose x2 upsampling, a DAG-refined encoder skip
+    concatenated to it (levels 1-4; the full-resolution level has no skip),
+    and a separable double conv; a 1x1 sigmoid head gives the mask. With deep
+    supervision, the decoder levels at 1/4 ("aux1", loss weight 0.2) and 1/8
+    ("aux2", 0.1) resolution get their own heads, upsampled to full size.
+
+    Args:
+        image_size: int or (H, W), multiples of 32.
+        encoder: encoder name from the encoder table.
+        weights: "imagenet", None, or a path to encoder weights.
+        decoder_filters: channels of the five decoder levels, deepest first.
+        aspp_filters: channels of the ASPP branches.
+        aspp_rates: ASPP dilation rates.
+        aspp_dropout: dropout after ASPP fusion.
+        deep_supervision: add the two auxiliary outputs (for training).
+
+    Returns:
+        A model whose output is a dict {"mask", "aux1", "aux2"} with deep
+        supervision, else the (B, H, W, 1) mask.
+    """
+    size = check_image_size(image_size)
+    if len(decoder_filters) != 5:
+        raise ValueError(f"decoder_filters needs 5 values (one per decoder level), got {decoder_filters}")
+    inputs = keras.Input((*size, 3), name="image")
+    *skips, x = encoder_pyramid(inputs, encoder, weights, size)
+    x = ASPP(aspp_filters, aspp_rates, aspp_dropout, name="aspp")(x)
+
+    aux = {}
+    for level, filters in enumerate(decoder_filters):
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
+        if level < 4:
+            skip = DepthwiseAttentionGate(filters, name=f"dec{level}_dag")([skips[3 - level], x])
+            x = layers.Concatenate(name=f"dec{level}_concat")([x, skip])
+        x = SeparableDoubleConv(filters, name=f"dec{level}_conv")(x)
+        if deep_supervision and level in (1, 2):
+            # level 2 is at 1/4 resolution (closer to the output, weight 0.2), level 1 at 1/8.
+            name = AUX_OUTPUTS[2 - level]
+            aux[name] = mask_head(x, name, upsample=2 ** (4 - level))
+    mask = mask_head(x, MAIN_OUTPUT)
+    outputs = {MAIN_OUTPUT: mask, **aux} if deep_supervision else mask
+    return keras.Model(inputs, outputs, name="deep_unet")

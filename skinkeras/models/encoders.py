@@ -1,0 +1,157 @@
+"""The encoder table: name -> constructor, skip layers (1/2 .. 1/16), bottleneck (1/32), preprocessing."""
+
+import os
+from dataclasses import dataclass
+
+import keras
+
+from skinkeras.layers.preprocess import EncoderPreprocess
+
+_EFFNET_SKIPS = (
+    "block2a_expand_activation",
+    "block3a_expand_activation",
+    "block4a_expand_activation",
+    "block6a_expand_activation",
+)
+_DENSENET_SKIPS = ("conv1_relu", "pool2_relu", "pool3_relu", "pool4_relu")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One row of the encoder table.
+
+    Args:
+        constructor: name of the `keras.applications` function.
+        skips: layer names of the feature maps at strides 2, 4, 8 and 16.
+        bottleneck: layer name of the stride-32 feature map.
+        preprocess: `EncoderPreprocess` mode the encoder expects on 0-255 RGB input.
+    """
+
+    constructor: str
+    skips: tuple
+    bottleneck: str
+    preprocess: str
+
+
+ENCODERS = {
+    "efficientnetb0": EncoderSpec("EfficientNetB0", _EFFNET_SKIPS, "top_activation", "raw"),
+    "efficientnetb1": EncoderSpec("EfficientNetB1", _EFFNET_SKIPS, "top_activation", "raw"),
+    "efficientnetb2": EncoderSpec("EfficientNetB2", _EFFNET_SKIPS, "top_activation", "raw"),
+    "efficientnetb3": EncoderSpec("EfficientNetB3", _EFFNET_SKIPS, "top_activation", "raw"),
+    "efficientnetb4": EncoderSpec("EfficientNetB4", _EFFNET_SKIPS, "top_activation", "raw"),
+    "densenet121": EncoderSpec("DenseNet121", _DENSENET_SKIPS, "relu", "torch"),
+    "densenet169": EncoderSpec("DenseNet169", _DENSENET_SKIPS, "relu", "torch"),
+    "densenet201": EncoderSpec("DenseNet201", _DENSENET_SKIPS, "relu", "torch"),
+    "mobilenetv2": EncoderSpec(
+        "MobileNetV2",
+        ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu"),
+        "out_relu",
+        "tf",
+    ),
+    "resnet50": EncoderSpec(
+        "ResNet50",
+        ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
+        "conv5_block3_out",
+        "caffe",
+    ),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights could not be downloaded or found in the Keras cache."""
+
+
+def encoder_spec(name):
+    """Returns the table row for `name`, or raises a ValueError that lists the valid names.
+
+    Args:
+        name: encoder name, case-insensitive.
+    """
+    key = str(name).lower()
+    if key not in ENCODERS:
+        raise ValueError(f"Unknown encoder {name!r}; valid encoders: {', '.join(ENCODERS)}")
+    return ENCODERS[key]
+
+
+def keras_cache_dir():
+    """Folder where `keras.applications` looks for downloaded weights."""
+    base = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return os.path.join(base, "models")
+
+
+def normalize_weights(weights):
+    """Maps the CLI spelling (imagenet | none | PATH) to what `build_encoder` takes.
+
+    Args:
+        weights: "imagenet", "none"/None, or a path to a weights file.
+    """
+    if weights is None or str(weights).lower() in ("none", "null", ""):
+        return None
+    if str(weights).lower() == "imagenet":
+        return "imagenet"
+    path = os.path.expanduser(str(weights))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Weights file not found: {path} (use --weights imagenet|none|PATH)")
+    return path
+
+
+def build_encoder(name, input_shape, weights=None, model_name=None):
+    """Builds a headless `keras.applications` encoder from the table.
+
+    Args:
+        name: encoder name from `ENCODERS`.
+        input_shape: (H, W, 3) input shape.
+        weights: "imagenet", None, or a path to a weights file of the headless encoder
+            (e.g. the Keras `*_notop.h5` file copied from a machine with internet).
+        model_name: name of the returned model; two encoders in one model need distinct names.
+
+    Returns:
+        The encoder `keras.Model` (input: preprocessed pixels).
+    """
+    spec = encoder_spec(name)
+    weights = normalize_weights(weights)
+    ctor = getattr(keras.applications, spec.constructor)
+    kwargs = {"include_top": False, "input_shape": tuple(input_shape)}
+    if model_name:
+        kwargs["name"] = model_name
+    if weights == "imagenet":
+        try:
+            encoder = ctor(weights="imagenet", **kwargs)
+        except Exception as exc:  # keras raises a bare Exception("URL fetch failure ...")
+            raise WeightsUnavailableError(
+                f"Could not load ImageNet weights for {spec.constructor} ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0][:160]}). Offline: copy the `*_notop.h5` file into "
+                f"{keras_cache_dir()} or pass --weights PATH (or --weights none to train from scratch)."
+            ) from exc
+        return encoder
+    encoder = ctor(weights=None, **kwargs)
+    if weights is not None:
+        try:
+            encoder.load_weights(weights)
+        except Exception as exc:
+            raise ValueError(
+                f"Weights file {weights} does not fit a headless {spec.constructor} "
+                f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})"
+            ) from exc
+    return encoder
+
+
+def preprocess_layer(name):
+    """Returns the `EncoderPreprocess` layer that the encoder `name` needs.
+
+    Args:
+        name: encoder name from `ENCODERS`.
+    """
+    spec = encoder_spec(name)
+    return EncoderPreprocess(spec.preprocess, name=f"{str(name).lower()}_preprocess")
+
+
+def encoder_features(name, encoder):
+    """Returns [skip_1/2, skip_1/4, skip_1/8, skip_1/16, bottleneck_1/32] output tensors of `encoder`.
+
+    Args:
+        name: encoder name from `ENCODERS`.
+        encoder: model built by `build_encoder`.
+    """
+    spec = encoder_spec(name)
+    return [encoder.get_layer(layer).output for layer in (*spec.skips, spec.bottleneck)]

@@ -1,0 +1,313 @@
+"""Training loops that write run folders: segmentation (paper 4.1.2)."""
+
+import csv
+import dataclasses
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from skinkeras import runs
+from skinkeras.config import SegTrainConfig, from_json, to_json
+from skinkeras.data.isic2018 import Pair, find_pairs, limit_pairs, split_pairs
+from skinkeras.data.pipeline import SegmentationDataset, load_pairs
+from skinkeras.losses import BCEDiceLoss
+from skinkeras.metrics import DiceCoefficient, JaccardIndex, mean_scores, seg_scores
+from skinkeras.models.deep_unet import AUX_OUTPUTS, MAIN_OUTPUT
+from skinkeras.models.seg_baselines import build_segmentation_model, inference_model
+
+
+def save_atomic(model, path, **kwargs):
+    """Saves a model through a temporary file so an interrupted save never destroys the previous one.
+
+    Args:
+        model: keras model.
+        path: target `.keras` path.
+        **kwargs: passed to `model.save`.
+    """
+    tmp = path + ".tmp.keras"
+    model.save(tmp, **kwargs)
+    os.replace(tmp, path)
+
+
+def read_history(path):
+    """Returns the rows of a run's history.csv as dicts of floats ([] when absent).
+
+    Args:
+        path: history.csv path.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After each epoch: saves last.keras (with optimizer, for --resume), best.keras, and a history row.
+
+    Args:
+        run_dir: run folder.
+        monitor: log key whose maximum selects best.keras (validation Dice).
+        best: best monitored value of earlier epochs (for resumed runs).
+        export: maps the training model to the model stored as best.keras.
+    """
+
+    def __init__(self, run_dir, monitor, best=-math.inf, export=None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.monitor = monitor
+        self.best = best
+        self.export = export or (lambda m: m)
+        self.epoch_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.monitor not in logs:
+            raise KeyError(f"monitor {self.monitor!r} not in logs {sorted(logs)}")
+        value = float(logs[self.monitor])
+        if value > self.best:
+            self.best = value
+            save_atomic(self.export(self.model), os.path.join(self.run_dir, "best.keras"))
+        save_atomic(self.model, os.path.join(self.run_dir, "last.keras"))
+        row = {"epoch": epoch + 1, "seconds": round(time.time() - self.epoch_start, 2)}
+        row.update({k: float(v) for k, v in sorted(logs.items())})
+        path = os.path.join(self.run_dir, "history.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def step_schedule(learning_rate, step_epochs, factor):
+    """Learning rate multiplied by `factor` every `step_epochs` epochs (paper: halved every 4).
+
+    Args:
+        learning_rate: initial rate.
+        step_epochs: epochs per step.
+        factor: multiplier per step.
+    """
+    return lambda epoch, lr=None: float(learning_rate * factor ** (epoch // max(1, step_epochs)))
+
+
+def plot_history(history_csv, out_png, metric="dice"):
+    """Draws loss and validation metric curves of a run.
+
+    Args:
+        history_csv: history.csv of the run.
+        out_png: output PNG path.
+        metric: metric suffix to plot beside the loss.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_history(history_csv)
+    if not rows:
+        return None
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, style in (("loss", "-"), ("val_loss", "--")):
+        if key in rows[0]:
+            axes[0].plot(epochs, [r[key] for r in rows], style, label=key)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    for key in rows[0]:
+        if key.endswith(metric):
+            axes[1].plot(epochs, [r[key] for r in rows], "--" if key.startswith("val_") else "-", label=key)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title(metric)
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def write_split(path, train, val):
+    """Writes the split as CSV (image_id, image_path, mask_path, subset).
+
+    Args:
+        path: output CSV.
+        train: training pairs.
+        val: validation pairs.
+    """
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "image_path", "mask_path", "subset"])
+        for subset, pairs in (("train", train), ("val", val)):
+            writer.writerows([p.image_id, os.path.abspath(p.image_path), os.path.abspath(p.mask_path), subset]
+                             for p in pairs)
+
+
+def read_split(path):
+    """Reads a split CSV back into (train, val) lists of pairs.
+
+    Args:
+        path: split.csv of a run.
+    """
+    subsets = {"train": [], "val": []}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            subsets[row["subset"]].append(Pair(row["image_id"], row["image_path"], row["mask_path"]))
+    return subsets["train"], subsets["val"]
+
+
+def model_size(model):
+    """Parameter count and float32 size in MB (paper Table 1 reports model size).
+
+    Args:
+        model: keras model.
+    """
+    params = int(model.count_params())
+    return {"params": params, "size_mb": round(params * 4 / 2**20, 2)}
+
+
+def compile_segmentation(model, cfg):
+    """Compiles with BCE + Dice on every output (aux weights of Eq. 4) and Dice / Jaccard on the main mask.
+
+    Args:
+        model: segmentation model with dict outputs.
+        cfg: `SegTrainConfig`.
+    """
+    names = list(model.output.keys())
+    weights = {MAIN_OUTPUT: 1.0, **dict(zip(AUX_OUTPUTS, cfg.aux_weights))}
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss={name: BCEDiceLoss() for name in names},
+        loss_weights={name: weights[name] for name in names},
+        metrics={MAIN_OUTPUT: [DiceCoefficient(), JaccardIndex()]},
+    )
+    return model
+
+
+def predict_masks(model, images, batch_size=8):
+    """Predicted lesion probabilities (N, H, W) of 0-255 images, from the main output.
+
+    Args:
+        model: segmentation model (dict or single output).
+        images: uint8 or float (N, H, W, 3) at the model's input size.
+        batch_size: prediction batch size.
+    """
+    out = model.predict(np.asarray(images, dtype="float32"), batch_size=batch_size, verbose=0)
+    if isinstance(out, dict):
+        out = out[MAIN_OUTPUT]
+    return np.asarray(out)[..., 0]
+
+
+def train_segmentation(cfg: SegTrainConfig, resume=False, progress=True):
+    """Trains a segmentation model and writes its run folder; returns the folder path.
+
+    Writes config.json, env.json, split.csv, skipped.csv (if any input was
+    left out), last.keras (resumable), best.keras (best validation Dice,
+    main output only), history.csv, training_curves.png and metrics.json
+    (validation scores of best.keras at the training resolution, parameters,
+    size, time).
+
+    Args:
+        cfg: `SegTrainConfig`.
+        resume: continue the run in `cfg.out` from its last.keras (cfg.epochs may extend it).
+        progress: show progress bars.
+    """
+    run_dir = runs.prepare_run_dir(cfg.out, "seg-train", resume)
+    if resume:
+        epochs = cfg.epochs
+        cfg = from_json(SegTrainConfig, os.path.join(run_dir, "config.json"))
+        cfg.epochs = max(epochs, cfg.epochs) if epochs else cfg.epochs
+    cfg = dataclasses.replace(cfg, out=run_dir)
+    to_json(cfg, os.path.join(run_dir, "config.json"))
+    runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))
+    keras.utils.set_random_seed(cfg.seed)
+
+    split_csv = os.path.join(run_dir, "split.csv")
+    if resume and os.path.exists(split_csv):
+        train_pairs, val_pairs = read_split(split_csv)
+    else:
+        pairs, problems = find_pairs(cfg.data_dir, cfg.images, cfg.masks)
+        runs.write_skipped(run_dir, problems)
+        pairs = limit_pairs(pairs, cfg.limit, cfg.seed)
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        write_split(split_csv, train_pairs, val_pairs)
+    size = (cfg.image_size, cfg.image_size)
+    if progress:
+        print(f"Loading {len(train_pairs)} training and {len(val_pairs)} validation pairs at {size[0]}x{size[1]}")
+    x_train, y_train, _, skipped_train = load_pairs(train_pairs, size, progress)
+    x_val, y_val, kept_val, skipped_val = load_pairs(val_pairs, size, progress)
+    runs.write_skipped(run_dir, [] if resume else skipped_train + skipped_val)
+
+    history_csv = os.path.join(run_dir, "history.csv")
+    history = read_history(history_csv) if resume else []
+    last = os.path.join(run_dir, "last.keras")
+    if resume and history and os.path.exists(last):
+        model = keras.models.load_model(last)
+    else:
+        history = []
+        model = build_segmentation_model(
+            cfg.arch, **seg_builder_kwargs(cfg)
+        )
+        compile_segmentation(model, cfg)
+    initial_epoch = len(history)
+    monitor = f"val_{MAIN_OUTPUT}_dice"
+    best = max((r.get(monitor, -math.inf) for r in history), default=-math.inf)
+
+    names = list(model.output.keys())
+    train_ds = SegmentationDataset(x_train, y_train, cfg.batch_size, names, augment=True, shuffle=True,
+                                   seed=cfg.seed, flip_prob=cfg.flip_prob, max_rotation=cfg.max_rotation)
+    train_ds.epoch = initial_epoch
+    val_ds = SegmentationDataset(x_val, y_val, cfg.batch_size, names)
+    callbacks = [
+        keras.callbacks.LearningRateScheduler(step_schedule(cfg.learning_rate, cfg.lr_step_epochs, cfg.lr_factor)),
+        RunRecorder(run_dir, monitor, best, export=inference_model),
+    ]
+    started = time.time()
+    if initial_epoch < cfg.epochs:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=1 if progress else 0)
+    minutes = (time.time() - started) / 60
+    plot_history(history_csv, os.path.join(run_dir, "training_curves.png"))
+
+    best_model = keras.models.load_model(os.path.join(run_dir, "best.keras"), compile=False)
+    probs = predict_masks(best_model, x_val, batch_size=max(1, min(cfg.batch_size, 16)))
+    per_image = [seg_scores(t[..., 0] > 0, p > 0.5) for t, p in zip(y_val, probs)]
+    rows = read_history(history_csv)
+    best_row = max(rows, key=lambda r: r.get(monitor, -math.inf))
+    previous = runs.read_json(os.path.join(run_dir, "metrics.json")) if resume and os.path.exists(
+        os.path.join(run_dir, "metrics.json")) else {}
+    metrics = {
+        "val": mean_scores(per_image),
+        "val_images": len(kept_val),
+        "note": "validation scores of best.keras at the training resolution; seg-eval scores at original size",
+        "best_epoch": int(best_row["epoch"]),
+        "epochs_run": len(rows),
+        "first_epoch_val_dice": rows[0].get(monitor),
+        "train_minutes": round(minutes + previous.get("train_minutes", 0.0), 2),
+        "arch": cfg.arch,
+        "encoder": cfg.encoder,
+        "backend": keras.backend.backend(),
+        **model_size(best_model),
+    }
+    runs.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    return run_dir
+
+
+def seg_builder_kwargs(cfg):
+    """Builder keyword arguments of `cfg.arch` taken from a `SegTrainConfig`.
+
+    Args:
+        cfg: `SegTrainConfig`.
+    """
+    kwargs = {"image_size": cfg.image_size, "encoder": cfg.encoder, "weights": cfg.weights}
+    if cfg.arch == "deep_unet":
+        kwargs.update(aspp_rates=tuple(cfg.aspp_rates), aspp_filters=cfg.aspp_filters,
+                      decoder_filters=tuple(cfg.decoder_filters))
+    elif cfg.arch in ("unet", "unetpp"):
+        kwargs.update(decoder_filters=tuple(cfg.decoder_filters))
+    return kwargs

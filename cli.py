@@ -82,7 +82,8 @@ def make_synthetic_cmd(out, n, seed):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="experiments/*.toml with values that differ from the defaults.")
 @click.option("--out", default=None, help="Run folder (default runs/seg-train-<timestamp>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.keras.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last.keras with its saved config (--epochs sets a new total).")
 @friendly_errors
 def seg_train_cmd(config_file, resume, **options):
     """Train a segmentation model (paper 4.1) and write its run folder."""
@@ -91,6 +92,7 @@ def seg_train_cmd(config_file, resume, **options):
     from skinkeras.models.seg_baselines import SEG_ARCHS
     from skinkeras.train import train_segmentation
 
+    resume_epochs = options["epochs"] if resume else None
     cfg = resolve(SegTrainConfig, config_file, **options)
     if cfg.arch not in SEG_ARCHS:
         raise ValueError(f"Unknown --arch {cfg.arch!r}; valid: {', '.join(SEG_ARCHS)}")
@@ -99,7 +101,7 @@ def seg_train_cmd(config_file, resume, **options):
         raise ValueError("--resume needs --out RUN_DIR of the run to continue")
     if not resume and cfg.data_dir is None and cfg.images is None:
         raise ValueError("Give --data-dir DIR (ISIC 2018 layout) or --images DIR --masks DIR")
-    run_dir = train_segmentation(cfg, resume=resume)
+    run_dir = train_segmentation(cfg, resume=resume, resume_epochs=resume_epochs)
     click.echo(f"Run folder: {run_dir}")
 
 

@@ -203,7 +203,7 @@ def predict_masks(model, images, batch_size=8):
     return np.asarray(out)[..., 0]
 
 
-def train_segmentation(cfg: SegTrainConfig, resume=False, progress=True):
+def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, progress=True):
     """Trains a segmentation model and writes its run folder; returns the folder path.
 
     Writes config.json, env.json, split.csv, skipped.csv (if any input was
@@ -214,14 +214,14 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, progress=True):
 
     Args:
         cfg: `SegTrainConfig`.
-        resume: continue the run in `cfg.out` from its last.keras (cfg.epochs may extend it).
+        resume: continue the run in `cfg.out` from its last.keras, with the run's saved config.
+        resume_epochs: with resume, the new total number of epochs (default: the saved one).
         progress: show progress bars.
     """
     run_dir = runs.prepare_run_dir(cfg.out, "seg-train", resume)
     if resume:
-        epochs = cfg.epochs
-        cfg = from_json(SegTrainConfig, os.path.join(run_dir, "config.json"))
-        cfg.epochs = max(epochs, cfg.epochs) if epochs else cfg.epochs
+        saved = from_json(SegTrainConfig, os.path.join(run_dir, "config.json"))
+        cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
     cfg = dataclasses.replace(cfg, out=run_dir)
     to_json(cfg, os.path.join(run_dir, "config.json"))
     runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))

@@ -1,0 +1,48 @@
+"""Shared fixtures: the shared real-data folder (skipped when absent) and a small synthetic dataset."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SKINKERAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data of the developers' machines; a user's clone has none, so tests skip."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """A small synthetic dataset in the official layouts, generated once per test session."""
+    from skinkeras.data.synthetic import make_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return {name: Path(p) for name, p in make_synthetic(out, n=48, seed=0, image_size=(160, 120)).items()}
+
+
+def run_python(code, backend, cwd=None, timeout=900):
+    """Runs `code` in a fresh interpreter under KERAS_BACKEND=`backend`; returns stdout (raises on failure)."""
+    import subprocess
+
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{backend} subprocess failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def installed_backends():
+    """Backends importable here (torch is optional)."""
+    import importlib.util
+
+    return [b for b in ("jax", "tensorflow", "torch") if importlib.util.find_spec(b) is not None]

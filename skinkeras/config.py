@@ -32,6 +32,7 @@ class SegTrainConfig:
         aspp_filters: ASPP channels (not in the paper).
         decoder_filters: decoder channels per level, deepest first (not in the paper).
         aux_weights: deep-supervision loss weights (paper Eq. 4: 0.2, 0.1).
+        bn_momentum: BatchNorm moving-average momentum (0.9 = PyTorch's default, which the paper used).
         out: run folder.
     """
 
@@ -56,6 +57,7 @@ class SegTrainConfig:
     aspp_filters: int = 256
     decoder_filters: list = field(default_factory=lambda: [256, 128, 64, 32, 16])
     aux_weights: list = field(default_factory=lambda: [0.2, 0.1])
+    bn_momentum: float = 0.9
     out: str | None = None
 
 

@@ -171,6 +171,27 @@ def model_size(model):
     return {"params": params, "size_mb": round(params * 4 / 2**20, 2)}
 
 
+def set_batchnorm_momentum(model, momentum):
+    """Sets the moving-average momentum of every BatchNormalization layer, nested ones included.
+
+    Keras defaults to 0.99; the paper trained in PyTorch, whose default is
+    0.1, i.e. Keras 0.9. With 0.99 a model trained from scratch for a few
+    hundred steps keeps moving statistics that lag far behind its weights,
+    and predicts nothing in inference mode (validation Dice 0 while the
+    training Dice is 0.86, measured on HAM10000).
+
+    Args:
+        model: keras model.
+        momentum: new momentum.
+    """
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+    return count
+
+
 def compile_segmentation(model, cfg):
     """Compiles with BCE + Dice on every output (aux weights of Eq. 4) and Dice / Jaccard on the main mask.
 
@@ -178,6 +199,7 @@ def compile_segmentation(model, cfg):
         model: segmentation model with dict outputs.
         cfg: `SegTrainConfig`.
     """
+    set_batchnorm_momentum(model, cfg.bn_momentum)
     names = list(model.output.keys())
     weights = {MAIN_OUTPUT: 1.0, **dict(zip(AUX_OUTPUTS, cfg.aux_weights))}
     model.compile(
@@ -248,6 +270,8 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
     last = os.path.join(run_dir, "last.keras")
     if resume and history and os.path.exists(last):
         model = keras.models.load_model(last)
+        # custom layers rebuild their BatchNorm sublayers from their own config, at Keras' default momentum
+        set_batchnorm_momentum(model, cfg.bn_momentum)
     else:
         history = []
         model = build_segmentation_model(

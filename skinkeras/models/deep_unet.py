@@ -11,17 +11,21 @@ MAIN_OUTPUT = "mask"
 AUX_OUTPUTS = ("aux1", "aux2")
 
 
-def encoder_pyramid(inputs, encoder_name, weights, image_size):
-    """Preprocesses 0-255 `inputs` and returns the encoder's five feature maps (strides 2..32).
+def encoder_pyramid(inputs, encoder_name, weights, image_size, levels=None):
+    """Preprocesses 0-255 `inputs` and returns the encoder's feature maps (strides 2, 4, 8, 16, 32).
 
     Args:
         inputs: the model's image Input (0-255 RGB).
         encoder_name: name from the encoder table.
         weights: "imagenet", None, or a weights path.
         image_size: (H, W) of the input.
+        levels: indices of the maps to return (default all five); the encoder is cut after the deepest.
     """
     encoder = build_encoder(encoder_name, (*image_size, 3), weights=weights, model_name=f"{encoder_name}_encoder")
-    feature_model = keras.Model(encoder.input, encoder_features(encoder_name, encoder), name=f"{encoder_name}_features")
+    features = encoder_features(encoder_name, encoder)
+    if levels is not None:
+        features = [features[i] for i in levels]
+    feature_model = keras.Model(encoder.input, features, name=f"{encoder_name}_features")
     x = preprocess_layer(encoder_name)(inputs)
     return feature_model(x)
 

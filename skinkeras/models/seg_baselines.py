@@ -30,10 +30,10 @@ def conv_block(x, filters, name, convs=2):
     return x
 
 
-def _start(image_size, encoder, weights):
+def _start(image_size, encoder, weights, levels=None):
     size = check_image_size(image_size)
     inputs = keras.Input((*size, 3), name="image")
-    return inputs, encoder_pyramid(inputs, encoder, weights, size)
+    return inputs, encoder_pyramid(inputs, encoder, weights, size, levels)
 
 
 def build_unet(image_size=224, encoder="efficientnetb3", weights="imagenet", decoder_filters=DEFAULT_DECODER_FILTERS):
@@ -93,10 +93,11 @@ def build_deeplabv3plus(image_size=224, encoder="efficientnetb3", weights="image
         aspp_rates: atrous rates at output stride 16.
         low_level_filters: channels of the projected stride-4 features.
     """
-    inputs, features = _start(image_size, encoder, weights)
-    x = ASPP(aspp_filters, aspp_rates, dropout=0.1, name="aspp")(features[3])
+    # Only the encoder up to stride 16 is part of the model: its last stage would get no gradient.
+    inputs, (low, high) = _start(image_size, encoder, weights, levels=(1, 3))
+    x = ASPP(aspp_filters, aspp_rates, dropout=0.1, name="aspp")(high)
     x = layers.UpSampling2D(4, interpolation="bilinear", name="aspp_up")(x)
-    low = layers.Conv2D(low_level_filters, 1, use_bias=False, name="low_proj")(features[1])
+    low = layers.Conv2D(low_level_filters, 1, use_bias=False, name="low_proj")(low)
     low = layers.ReLU(name="low_relu")(layers.BatchNormalization(name="low_bn")(low))
     x = layers.Concatenate(name="dec_concat")([x, low])
     x = conv_block(x, aspp_filters, "dec")
@@ -135,4 +136,4 @@ def inference_model(model):
         output = output[MAIN_OUTPUT]
     elif isinstance(output, (list, tuple)):
         output = output[0]
-    return keras.Model(model.inputs, output, name=f"{model.name}_inference")
+    return keras.Model(model.input, output, name=f"{model.name}_inference")

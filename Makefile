@@ -30,9 +30,12 @@ test: $(VENV)/.stamp-test
 	$(MAKE) test-core
 	$(MAKE) test-backends
 
-# Backend-independent tests (data, metrics, CLI, cross-backend save/load via subprocesses).
+# Backend-independent tests (data, metrics, CLI, cross-backend save/load via subprocesses), run in-process
+# on the backend that compiles fastest on a CPU: torch where installed, else tensorflow.
 test-core:
-	$(PY) -m pytest -m "not backend" -q
+	@b=tensorflow; $(PY) -c "import torch" 2>/dev/null && b=torch; \
+	echo "=== backend-independent tests (KERAS_BACKEND=$$b) ==="; \
+	KERAS_BACKEND=$$b $(PY) -m pytest -m "not backend" -q
 
 # Backend tests once per backend; torch only where it is installed.
 test-backends:

@@ -151,6 +151,41 @@ def segment_cmd(model_path, images, out, batch_size):
                    f"{report['skipped']} skipped -> {out}")
 
 
+@cli.command("seg-otsu")
+@click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder.")
+@click.option("--out", required=True, help="Output folder; masks go to OUT/masks/ID_segmentation.png.")
+@friendly_errors
+def seg_otsu_cmd(images, out):
+    """Classical baseline: Otsu threshold on the blue channel (score it with seg-eval --truth-dir/--pred-dir)."""
+    from skinkeras import runs
+    from skinkeras.data.isic2018 import list_images
+    from skinkeras.otsu import segment_folder_otsu
+
+    bar = click.progressbar(length=len(list_images(images)), label="otsu")
+    with bar:
+        result = segment_folder_otsu(images, out, progress=lambda *_: bar.update(1))
+    runs.write_skipped(out, result["skipped"])
+    click.echo(f"{result['written']} masks -> {result['pred_dir']} ({len(result['skipped'])} skipped)")
+
+
+@cli.command("bench")
+@click.option("--arch", "archs", multiple=True, default=("deep_unet",), show_default=True)
+@click.option("--encoder", "encoders", multiple=True, default=("efficientnetb3",), show_default=True)
+@click.option("--image-size", default=224, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--steps", default=3, show_default=True, help="Timed training steps after the first.")
+@click.option("--backends", default=None, help="Comma-separated backends (default: the current one).")
+@click.option("--out", default=None, help="Folder for bench.csv and bench.md (default runs/bench-<timestamp>).")
+@friendly_errors
+def bench_cmd(archs, encoders, image_size, batch_size, steps, backends, out):
+    """Measure build, compile, train-step and predict time per model and backend; writes a table."""
+    from skinkeras import runs
+    from skinkeras.bench import bench_segmentation
+
+    bench_segmentation(archs, encoders, image_size, batch_size, steps, backends, out or runs.default_run_dir("bench"),
+                       echo=click.echo)
+
+
 @cli.command("demo")
 @click.option("--out", default="demo", show_default=True, help="Folder for the data and all runs.")
 @click.option("--n", default=96, show_default=True, help="Synthetic images per dataset.")

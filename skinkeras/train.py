@@ -250,20 +250,29 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
     keras.utils.set_random_seed(cfg.seed)
 
     split_csv = os.path.join(run_dir, "split.csv")
-    if resume and os.path.exists(split_csv):
+    size = (cfg.image_size, cfg.image_size)
+    resumed_split = resume and os.path.exists(split_csv)
+    if resumed_split:
         train_pairs, val_pairs = read_split(split_csv)
+        pairs = train_pairs + val_pairs
     else:
         pairs, problems = find_pairs(cfg.data_dir, cfg.images, cfg.masks)
         runs.write_skipped(run_dir, problems)
         pairs = limit_pairs(pairs, cfg.limit, cfg.seed)
-        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-        write_split(split_csv, train_pairs, val_pairs)
-    size = (cfg.image_size, cfg.image_size)
     if progress:
-        print(f"Loading {len(train_pairs)} training and {len(val_pairs)} validation pairs at {size[0]}x{size[1]}")
-    x_train, y_train, _, skipped_train = load_pairs(train_pairs, size, progress)
-    x_val, y_val, kept_val, skipped_val = load_pairs(val_pairs, size, progress)
-    runs.write_skipped(run_dir, [] if resume else skipped_train + skipped_val)
+        print(f"Loading {len(pairs)} image/mask pairs at {size[0]}x{size[1]}")
+    # Bad files are dropped before the split, so both sides hold only usable pairs.
+    images, masks, kept, skipped = load_pairs(pairs, size, progress)
+    if not resumed_split:
+        runs.write_skipped(run_dir, skipped)
+        train_pairs, val_pairs = split_pairs(kept, cfg.val_fraction, cfg.seed)
+        write_split(split_csv, train_pairs, val_pairs)
+    row = {p.image_id: i for i, p in enumerate(kept)}
+    train_idx = [row[p.image_id] for p in train_pairs if p.image_id in row]
+    val_idx = [row[p.image_id] for p in val_pairs if p.image_id in row]
+    x_train, y_train, x_val, y_val = images[train_idx], masks[train_idx], images[val_idx], masks[val_idx]
+    if progress:
+        print(f"{len(train_idx)} training and {len(val_idx)} validation pairs ({len(skipped)} skipped)")
 
     history_csv = os.path.join(run_dir, "history.csv")
     history = read_history(history_csv) if resume else []
@@ -307,7 +316,7 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
         os.path.join(run_dir, "metrics.json")) else {}
     metrics = {
         "val": mean_scores(per_image),
-        "val_images": len(kept_val),
+        "val_images": len(val_idx),
         "note": "validation scores of best.keras at the training resolution; seg-eval scores at original size",
         "best_epoch": int(best_row["epoch"]),
         "epochs_run": len(rows),

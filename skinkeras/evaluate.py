@@ -8,7 +8,6 @@ import pandas as pd
 from PIL import Image
 
 import skinkeras.layers  # noqa: F401  (registers the custom layers before loading)
-import skinkeras.losses  # noqa: F401
 from skinkeras import runs
 from skinkeras.data.isic2018 import find_pairs, limit_pairs, list_images
 from skinkeras.data.pipeline import ImageReadError, read_rgb, resize_rgb

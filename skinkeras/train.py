@@ -225,6 +225,46 @@ def predict_masks(model, images, batch_size=8):
     return np.asarray(out)[..., 0]
 
 
+def load_split(cfg, run_dir, resume=False, progress=True):
+    """Loads the run's pairs into memory and splits them, writing (or, on resume, reusing) split.csv.
+
+    Bad files are dropped before the split, so both sides hold only usable
+    pairs; they are listed in skipped.csv.
+
+    Args:
+        cfg: `SegTrainConfig`.
+        run_dir: run folder.
+        resume: reuse the run's split.csv.
+        progress: show a progress bar.
+
+    Returns:
+        ((x_train, y_train), (x_val, y_val)) uint8 arrays.
+    """
+    split_csv = os.path.join(run_dir, "split.csv")
+    size = (cfg.image_size, cfg.image_size)
+    reuse = resume and os.path.exists(split_csv)
+    if reuse:
+        train_pairs, val_pairs = read_split(split_csv)
+        pairs = train_pairs + val_pairs
+    else:
+        pairs, problems = find_pairs(cfg.data_dir, cfg.images, cfg.masks)
+        runs.write_skipped(run_dir, problems)
+        pairs = limit_pairs(pairs, cfg.limit, cfg.seed)
+    if progress:
+        print(f"Loading {len(pairs)} image/mask pairs at {size[0]}x{size[1]}")
+    images, masks, kept, skipped = load_pairs(pairs, size, progress)
+    if not reuse:
+        runs.write_skipped(run_dir, skipped)
+        train_pairs, val_pairs = split_pairs(kept, cfg.val_fraction, cfg.seed)
+        write_split(split_csv, train_pairs, val_pairs)
+    row = {p.image_id: i for i, p in enumerate(kept)}
+    train_idx = [row[p.image_id] for p in train_pairs if p.image_id in row]
+    val_idx = [row[p.image_id] for p in val_pairs if p.image_id in row]
+    if progress:
+        print(f"{len(train_idx)} training and {len(val_idx)} validation pairs ({len(skipped)} skipped)")
+    return (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx])
+
+
 def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, progress=True):
     """Trains a segmentation model and writes its run folder; returns the folder path.
 
@@ -249,30 +289,7 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
     runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))
     keras.utils.set_random_seed(cfg.seed)
 
-    split_csv = os.path.join(run_dir, "split.csv")
-    size = (cfg.image_size, cfg.image_size)
-    resumed_split = resume and os.path.exists(split_csv)
-    if resumed_split:
-        train_pairs, val_pairs = read_split(split_csv)
-        pairs = train_pairs + val_pairs
-    else:
-        pairs, problems = find_pairs(cfg.data_dir, cfg.images, cfg.masks)
-        runs.write_skipped(run_dir, problems)
-        pairs = limit_pairs(pairs, cfg.limit, cfg.seed)
-    if progress:
-        print(f"Loading {len(pairs)} image/mask pairs at {size[0]}x{size[1]}")
-    # Bad files are dropped before the split, so both sides hold only usable pairs.
-    images, masks, kept, skipped = load_pairs(pairs, size, progress)
-    if not resumed_split:
-        runs.write_skipped(run_dir, skipped)
-        train_pairs, val_pairs = split_pairs(kept, cfg.val_fraction, cfg.seed)
-        write_split(split_csv, train_pairs, val_pairs)
-    row = {p.image_id: i for i, p in enumerate(kept)}
-    train_idx = [row[p.image_id] for p in train_pairs if p.image_id in row]
-    val_idx = [row[p.image_id] for p in val_pairs if p.image_id in row]
-    x_train, y_train, x_val, y_val = images[train_idx], masks[train_idx], images[val_idx], masks[val_idx]
-    if progress:
-        print(f"{len(train_idx)} training and {len(val_idx)} validation pairs ({len(skipped)} skipped)")
+    (x_train, y_train), (x_val, y_val) = load_split(cfg, run_dir, resume, progress)
 
     history_csv = os.path.join(run_dir, "history.csv")
     history = read_history(history_csv) if resume else []
@@ -283,9 +300,7 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
         set_batchnorm_momentum(model, cfg.bn_momentum)
     else:
         history = []
-        model = build_segmentation_model(
-            cfg.arch, **seg_builder_kwargs(cfg)
-        )
+        model = build_segmentation_model(cfg.arch, **seg_builder_kwargs(cfg))
         compile_segmentation(model, cfg)
     initial_epoch = len(history)
     monitor = f"val_{MAIN_OUTPUT}_dice"
@@ -300,11 +315,9 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
         keras.callbacks.LearningRateScheduler(step_schedule(cfg.learning_rate, cfg.lr_step_epochs, cfg.lr_factor)),
         RunRecorder(run_dir, monitor, best, export=inference_model),
     ]
-    started = time.time()
     if initial_epoch < cfg.epochs:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=1 if progress else 0)
-    minutes = (time.time() - started) / 60
     plot_history(history_csv, os.path.join(run_dir, "training_curves.png"))
 
     best_model = keras.models.load_model(os.path.join(run_dir, "best.keras"), compile=False)
@@ -312,16 +325,14 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
     per_image = [seg_scores(t[..., 0] > 0, p > 0.5) for t, p in zip(y_val, probs)]
     rows = read_history(history_csv)
     best_row = max(rows, key=lambda r: r.get(monitor, -math.inf))
-    previous = runs.read_json(os.path.join(run_dir, "metrics.json")) if resume and os.path.exists(
-        os.path.join(run_dir, "metrics.json")) else {}
     metrics = {
         "val": mean_scores(per_image),
-        "val_images": len(val_idx),
+        "val_images": len(x_val),
         "note": "validation scores of best.keras at the training resolution; seg-eval scores at original size",
         "best_epoch": int(best_row["epoch"]),
         "epochs_run": len(rows),
         "first_epoch_val_dice": rows[0].get(monitor),
-        "train_minutes": round(minutes + previous.get("train_minutes", 0.0), 2),
+        "train_minutes": round(sum(r.get("seconds", 0.0) for r in rows) / 60, 2),
         "arch": cfg.arch,
         "encoder": cfg.encoder,
         "backend": keras.backend.backend(),

@@ -109,3 +109,72 @@ def from_json(cls, path):
     """
     with open(path) as f:
         return cls(**json.load(f))
+
+
+@dataclass
+class ClsTrainConfig:
+    """Classification training settings; defaults follow paper 4.2 and 6.1 where it gives them.
+
+    Args:
+        dataset: ham10000 | isic2019.
+        data_dir: dataset folder in its official layout.
+        images: image folder(s) instead of the official ones.
+        seg_dir: folder written by `segment` (its segmented/ images feed the segmented branch).
+        variant: tdbn | tdbn_no_meta | original_only | segmented_only (Table 3).
+        arch: a Table 2 baseline (densenet201, resnet50, xception, mobilenetv2, efficientnetb3, vit) instead of a variant.
+        split: lesion (grouped by lesion_id, default) | image (the paper-style random image split).
+        fractions: train / validation / test shares.
+        metadata_encoder: mlp (Eq. 7) | transformer.
+        encoder: encoder of the TDBN variants (DenseNet201 in the paper).
+        weights: imagenet | none | PATH.
+        image_size: input size.
+        epochs: training epochs (paper: 10).
+        batch_size: batch size (paper: 32).
+        learning_rate: Adam learning rate (paper: 1e-4).
+        weight_decay: Adam weight decay (paper: 1e-4; Keras applies it decoupled, as AdamW).
+        lr_step_epochs: halve the learning rate every this many epochs (paper: 3).
+        lr_factor: learning-rate decay factor per step.
+        balance: cap majority / expand minority classes of the training split (paper 4.2).
+        balance_cap: largest class size per epoch (default: twice the mean class size).
+        balance_floor: size minority classes are expanded to (default: half the mean class size).
+        flip_prob: horizontal flip probability.
+        max_rotation: rotation range in degrees.
+        num_heads: cross-attention heads (not in the paper).
+        key_dim: cross-attention key size per head (None: channels // heads).
+        dropout: dropout of the projection and head blocks (not in the paper).
+        bn_momentum: BatchNorm momentum (0.9 = PyTorch's default).
+        seed: seed of split, balancing, augmentation and initialisation.
+        limit: use N images of a seeded order.
+        out: run folder.
+    """
+
+    dataset: str = "ham10000"
+    data_dir: str | None = None
+    images: list | None = None
+    seg_dir: str | None = None
+    variant: str = "tdbn"
+    arch: str | None = None
+    split: str = "lesion"
+    fractions: list = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    metadata_encoder: str = "mlp"
+    encoder: str = "densenet201"
+    weights: str = "imagenet"
+    image_size: int = 224
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    lr_step_epochs: int = 3
+    lr_factor: float = 0.5
+    balance: bool = True
+    balance_cap: int | None = None
+    balance_floor: int | None = None
+    flip_prob: float = 0.5
+    max_rotation: float = 15.0
+    num_heads: int = 8
+    key_dim: int | None = None
+    dropout: float = 0.3
+    bn_momentum: float = 0.9
+    seed: int = 0
+    limit: int | None = None
+    out: str | None = None

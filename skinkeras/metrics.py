@@ -409,3 +409,94 @@ class JaccardIndex(_PerImageOverlap):
 
     def _score(self, tp, fp, fn):
         return tp / ops.maximum(tp + fp + fn, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="skinkeras")
+class BalancedAccuracy(keras.metrics.Metric):
+    """Mean per-class recall of argmax predictions (the ISIC 2018/2019 challenge metric).
+
+    Accumulates a confusion matrix; classes absent from the labels seen so far
+    do not count, as in the ISIC scorer.
+
+    Args:
+        num_classes: number of classes.
+        name: metric name.
+        **kwargs: passed to ``keras.metrics.Metric``.
+    """
+
+    def __init__(self, num_classes, name="balanced_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.confusion = self.add_variable(shape=(self.num_classes, self.num_classes), initializer="zeros",
+                                           name="confusion")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Adds a batch of integer labels (B,) or (B, 1) and probabilities (B, C).
+
+        Args:
+            y_true: integer class labels.
+            y_pred: class probabilities or scores.
+            sample_weight: optional per-sample weights (B,).
+        """
+        labels = ops.cast(ops.reshape(ops.convert_to_tensor(y_true), (-1,)), "int32")
+        truth = ops.one_hot(labels, self.num_classes, dtype=self.dtype)
+        pred = ops.one_hot(ops.argmax(ops.convert_to_tensor(y_pred), axis=-1), self.num_classes, dtype=self.dtype)
+        if sample_weight is not None:
+            truth = truth * ops.reshape(ops.cast(sample_weight, self.dtype), (-1, 1))
+        self.confusion.assign_add(ops.matmul(ops.transpose(truth), pred))
+
+    def result(self):
+        support = ops.sum(self.confusion, axis=1)
+        recall = ops.divide_no_nan(ops.diagonal(self.confusion), support)
+        present = ops.cast(support > 0, self.dtype)
+        return ops.divide_no_nan(ops.sum(recall * present), ops.sum(present))
+
+    def reset_state(self):
+        self.confusion.assign(ops.zeros((self.num_classes, self.num_classes), dtype=self.dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes})
+        return config
+
+
+def classification_scores(labels, probabilities, class_names):
+    """Accuracy, balanced accuracy, one-vs-rest AUCs, top-2 accuracy and per-class precision / recall / F1.
+
+    Balanced accuracy and the per-class AUCs are computed as the ISIC scorer
+    computes them (mean recall over the classes present; sklearn's ROC AUC of
+    each class column); classes without a positive have no AUC and are left
+    out of `auc_macro`.
+
+    Args:
+        labels: int labels (N,).
+        probabilities: (N, C) probabilities.
+        class_names: C names, used as keys of the per-class entries.
+    """
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+    labels = np.asarray(labels, np.int64)
+    probs = np.asarray(probabilities, np.float64)
+    pred = probs.argmax(axis=1)
+    n = len(class_names)
+    present = [c for c in range(n) if (labels == c).any()]
+    recalls = [float((pred[labels == c] == c).mean()) for c in present]
+    precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(n)),
+                                                                     zero_division=0)
+    per_class, aucs = {}, []
+    for c, name in enumerate(class_names):
+        truth = labels == c
+        auc = float(roc_auc_score(truth, probs[:, c])) if 0 < truth.sum() < len(truth) else None
+        if auc is not None:
+            aucs.append(auc)
+        per_class[name] = {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                           "auc": auc, "support": int(support[c])}
+    top2 = np.argsort(-probs, axis=1)[:, :2]
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "balanced_accuracy": float(np.mean(recalls)),
+        "auc_macro": float(np.mean(aucs)) if aucs else None,
+        "top2_accuracy": float((top2 == labels[:, None]).any(axis=1).mean()),
+        "images": int(len(labels)),
+        "per_class": per_class,
+    }

@@ -141,12 +141,41 @@ def load_pairs(pairs, size, progress=True, workers=2):
     return np.stack(images), (np.stack(masks) if has_masks else None), kept, skipped
 
 
-def augment_pair(image, mask, rng, flip_prob=0.5, max_rotation=15.0):
-    """The paper's augmentation (4.2), applied identically to an image and its mask.
+def augment_views(views, rng, flip_prob=0.5, max_rotation=15.0, nearest=()):
+    """The paper's augmentation (4.2), applied identically to several aligned views of one sample.
 
     Horizontal flip with probability `flip_prob`, then a rotation drawn
-    uniformly in +-`max_rotation` degrees (bilinear for the image, nearest for
-    the mask; corners filled with black, like a dermoscope's vignette).
+    uniformly in +-`max_rotation` degrees (corners filled with black, like a
+    dermoscope's vignette). Views are uint8 (H, W, C) arrays: the original and
+    segmented image of a pair, or an image and its mask.
+
+    Args:
+        views: list of uint8 (H, W, C) arrays (None entries pass through).
+        rng: numpy Generator.
+        flip_prob: probability of a horizontal flip.
+        max_rotation: maximum absolute rotation in degrees.
+        nearest: indices of views rotated with nearest-neighbour sampling (masks).
+    """
+    views = list(views)
+    if rng.random() < flip_prob:
+        views = [None if v is None else v[:, ::-1] for v in views]
+    if max_rotation > 0:
+        angle = float(rng.uniform(-max_rotation, max_rotation))
+        for i, view in enumerate(views):
+            if view is None:
+                continue
+            resample = Image.NEAREST if i in nearest else Image.BILINEAR
+            if view.shape[-1] == 3:
+                views[i] = np.asarray(Image.fromarray(np.ascontiguousarray(view)).rotate(angle, resample))
+            else:
+                channels = [Image.fromarray(np.ascontiguousarray(view[..., c])).rotate(angle, resample)
+                            for c in range(view.shape[-1])]
+                views[i] = np.stack([np.asarray(c) for c in channels], axis=-1)
+    return views
+
+
+def augment_pair(image, mask, rng, flip_prob=0.5, max_rotation=15.0):
+    """Flip + rotation applied identically to an image and its mask (nearest sampling for the mask).
 
     Args:
         image: uint8 (H, W, 3).
@@ -155,15 +184,7 @@ def augment_pair(image, mask, rng, flip_prob=0.5, max_rotation=15.0):
         flip_prob: probability of a horizontal flip.
         max_rotation: maximum absolute rotation in degrees.
     """
-    if rng.random() < flip_prob:
-        image = image[:, ::-1]
-        mask = None if mask is None else mask[:, ::-1]
-    if max_rotation > 0:
-        angle = float(rng.uniform(-max_rotation, max_rotation))
-        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).rotate(angle, Image.BILINEAR))
-        if mask is not None:
-            rotated = Image.fromarray(np.ascontiguousarray(mask[..., 0])).rotate(angle, Image.NEAREST)
-            mask = np.asarray(rotated)[..., None]
+    image, mask = augment_views([image, mask], rng, flip_prob, max_rotation, nearest=(1,))
     return image, mask
 
 
@@ -220,6 +241,115 @@ class SegmentationDataset(keras.utils.PyDataset):
         x = images.astype("float32")
         y = masks.astype("float32")
         return x, {name: y for name in self.output_names}
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()
+
+
+def load_image_rows(paths, size, progress=True, workers=2):
+    """Loads images (any mode) resized to (H, W) into one uint8 array, skipping unreadable files.
+
+    Args:
+        paths: image paths (a None entry means "no image" and is skipped with that reason).
+        size: (H, W).
+        progress: show a progress bar.
+        workers: decoding threads.
+
+    Returns:
+        (images uint8 (N_ok, H, W, 3), kept positions into `paths`, skipped [(path, reason)]).
+    """
+
+    def safe(path):
+        try:
+            return resize_rgb(read_rgb(path), size), None
+        except ImageReadError as exc:
+            return None, str(exc)
+
+    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress and paths else None
+    images, kept, skipped = [], [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, (path, (image, error)) in enumerate(zip(paths, pool.map(safe, paths))):
+            if error is None:
+                images.append(image)
+                kept.append(i)
+            else:
+                skipped.append((path, error))
+            if bar is not None:
+                bar.update(i + 1)
+    empty = np.zeros((0, *size, 3), np.uint8)
+    return (np.stack(images) if images else empty), kept, skipped
+
+
+class ClassificationDataset(keras.utils.PyDataset):
+    """Batches of (inputs dict, labels) for the classifiers, balanced and augmented per epoch.
+
+    Inputs are the model's named inputs: "original" and "segmented" float32
+    0-255 images (the same flip / rotation for both views of a pair),
+    "metadata" (N, F) and "metadata_mask" (N, 1); only those named in
+    `input_names` are yielded. With `plan`, each epoch draws a new balanced
+    index list (paper 4.2) from `plan(epoch)`.
+
+    Args:
+        arrays: dict name -> array aligned on the first axis (original, segmented, metadata, metadata_mask).
+        labels: int labels (N,).
+        input_names: model input names to yield.
+        batch_size: batch size.
+        augment: apply flip + rotation to the image inputs.
+        shuffle: shuffle every epoch.
+        plan: callable epoch -> index array (balancing), or None for all samples.
+        seed: seed of shuffling and augmentation.
+        flip_prob: horizontal flip probability.
+        max_rotation: rotation range in degrees.
+    """
+
+    IMAGE_INPUTS = ("original", "segmented")
+
+    def __init__(self, arrays, labels, input_names, batch_size=32, augment=False, shuffle=False, plan=None, seed=0,
+                 flip_prob=0.5, max_rotation=15.0, **kwargs):
+        super().__init__(**kwargs)
+        self.arrays = arrays
+        self.labels = np.asarray(labels, np.int64)
+        self.input_names = tuple(input_names)
+        missing = [n for n in self.input_names if n not in arrays]
+        if missing:
+            raise ValueError(f"model inputs {missing} have no data (available: {sorted(arrays)})")
+        self.batch_size = int(batch_size)
+        self.augment = augment
+        self.shuffle = shuffle
+        self.plan = plan
+        self.seed = seed
+        self.flip_prob = flip_prob
+        self.max_rotation = max_rotation
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self):
+        order = np.arange(len(self.labels)) if self.plan is None else np.asarray(self.plan(self.epoch))
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
+        return order
+
+    def set_epoch(self, epoch):
+        """Starts at `epoch` (resumed runs draw the balancing plans they would have drawn)."""
+        self.epoch = epoch
+        self.order = self._order()
+
+    def __len__(self):
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        batch = {name: self.arrays[name][idx] for name in self.input_names}
+        images = [n for n in self.IMAGE_INPUTS if n in batch]
+        if self.augment and images:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            views = [augment_views([batch[n][i] for n in images], rng, self.flip_prob, self.max_rotation)
+                     for i in range(len(idx))]
+            for j, name in enumerate(images):
+                batch[name] = np.stack([v[j] for v in views])
+        batch = {name: value.astype("float32") for name, value in batch.items()}
+        return batch, self.labels[idx]
 
     def on_epoch_end(self):
         self.epoch += 1

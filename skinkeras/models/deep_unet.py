@@ -4,7 +4,7 @@ import keras
 from keras import layers
 
 from skinkeras.layers import ASPP, DepthwiseAttentionGate, SeparableDoubleConv
-from skinkeras.models.encoders import build_encoder, encoder_features, preprocess_layer
+from skinkeras.models.encoders import ENCODERS, build_encoder, encoder_features, encoder_spec, preprocess_layer
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
 MAIN_OUTPUT = "mask"
@@ -21,6 +21,9 @@ def encoder_pyramid(inputs, encoder_name, weights, image_size, levels=None):
         image_size: (H, W) of the input.
         levels: indices of the maps to return (default all five); the encoder is cut after the deepest.
     """
+    if not encoder_spec(encoder_name).segmentation:
+        valid = ", ".join(name for name, spec in ENCODERS.items() if spec.segmentation)
+        raise ValueError(f"Encoder {encoder_name!r} has no stride-aligned skips for segmentation; valid: {valid}")
     encoder = build_encoder(encoder_name, (*image_size, 3), weights=weights, model_name=f"{encoder_name}_encoder")
     features = encoder_features(encoder_name, encoder)
     if levels is not None:

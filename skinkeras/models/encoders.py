@@ -25,12 +25,14 @@ class EncoderSpec:
         skips: layer names of the feature maps at strides 2, 4, 8 and 16.
         bottleneck: layer name of the stride-32 feature map.
         preprocess: `EncoderPreprocess` mode the encoder expects on 0-255 RGB input.
+        segmentation: whether the skips are exact stride-2 halvings (usable by the U-Net decoders).
     """
 
     constructor: str
     skips: tuple
     bottleneck: str
     preprocess: str
+    segmentation: bool = True
 
 
 ENCODERS = {
@@ -53,6 +55,15 @@ ENCODERS = {
         ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
         "conv5_block3_out",
         "caffe",
+    ),
+    # Xception's valid-padded stem gives 109/55/28/14/7 maps at 224 (not exact halvings): fine for
+    # classification (the bottleneck), not aligned for the U-Net decoders (inputs >= 71 px).
+    "xception": EncoderSpec(
+        "Xception",
+        ("block1_conv2_act", "block3_sepconv1_act", "block4_sepconv1_act", "block13_sepconv1_act"),
+        "block14_sepconv2_act",
+        "tf",
+        segmentation=False,
     ),
 }
 

@@ -66,6 +66,8 @@ def test_bad_arguments_are_named():
         build_deep_unet(100, encoder="mobilenetv2", weights=None)
     with pytest.raises(ValueError, match="valid encoders: .*efficientnetb3"):
         build_deep_unet(64, encoder="vgg16", weights=None)
+    with pytest.raises(ValueError, match="no stride-aligned skips.*valid: .*mobilenetv2"):
+        build_deep_unet(96, encoder="xception", weights=None)
 
 
 @pytest.mark.slow

@@ -151,6 +151,64 @@ def segment_cmd(model_path, images, out, batch_size):
                    f"{report['skipped']} skipped -> {out}")
 
 
+@cli.command("cls-train")
+@click.option("--dataset", default=None, help="ham10000 (default) | isic2019")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset folder, official layout.")
+@click.option("--images", type=click.Path(file_okay=False), multiple=True, help="Image folder(s), if not the official ones.")
+@click.option("--seg-dir", type=click.Path(file_okay=False), default=None, help="Folder written by `segment`.")
+@click.option("--variant", default=None, help="tdbn (default) | tdbn_no_meta | original_only | segmented_only")
+@click.option("--arch", default=None, help="Table 2 baseline instead: densenet201|resnet50|xception|mobilenetv2|"
+                                           "efficientnetb3|vit")
+@click.option("--split", default=None, help="lesion (default, grouped by lesion_id) | image")
+@click.option("--metadata-encoder", default=None, help="mlp (default, Eq. 7) | transformer")
+@click.option("--encoder", default=None, help="TDBN encoder (default densenet201).")
+@click.option("--weights", default=None, help="imagenet (default) | none | PATH")
+@click.option("--image-size", type=int, default=None, help="Default 224.")
+@click.option("--epochs", type=int, default=None, help="Default 10.")
+@click.option("--batch-size", type=int, default=None, help="Default 32.")
+@click.option("--lr", "learning_rate", type=float, default=None, help="Default 1e-4.")
+@click.option("--limit", type=int, default=None, help="Use N images of a seeded order.")
+@click.option("--seed", type=int, default=None)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--out", default=None, help="Run folder (default runs/cls-train-<timestamp>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out (--epochs sets a new total).")
+@friendly_errors
+def cls_train_cmd(config_file, resume, images, **options):
+    """Train the TDBN classifier, an ablation or a baseline (paper 5-6) and write its run folder."""
+    from skinkeras.config import ClsTrainConfig, resolve
+    from skinkeras.train import train_classification
+
+    resume_epochs = options["epochs"] if resume else None
+    cfg = resolve(ClsTrainConfig, config_file, images=list(images) or None, **options)
+    if resume and not cfg.out:
+        raise ValueError("--resume needs --out RUN_DIR of the run to continue")
+    if not resume and cfg.data_dir is None and cfg.images is None:
+        raise ValueError("Give --data-dir DIR (official layout) and/or --images DIR")
+    click.echo(f"Run folder: {train_classification(cfg, resume=resume, resume_epochs=resume_epochs)}")
+
+
+@cli.command("cls-eval")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras")
+@click.option("--subset", default="test", show_default=True, help="Split subset of the run to evaluate.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Evaluate another dataset folder.")
+@click.option("--images", type=click.Path(file_okay=False), multiple=True, help="Its image folder(s).")
+@click.option("--seg-dir", type=click.Path(file_okay=False), default=None, help="Its segmented images.")
+@click.option("--out", default=None, help="Output folder (default runs/cls-eval-<timestamp>).")
+@friendly_errors
+def cls_eval_cmd(model_path, subset, data_dir, images, seg_dir, out):
+    """Evaluate a classifier: metrics.json, ISIC-format predictions.csv, confusion matrix and ROC plots."""
+    from skinkeras import runs
+    from skinkeras.evaluate import cls_eval
+
+    out = out or runs.default_run_dir("cls-eval")
+    metrics = cls_eval(model_path, out, subset, data_dir, list(images) or None, seg_dir)
+    auc = metrics["auc_macro"]
+    click.echo(f"accuracy={metrics['accuracy']:.4f} balanced_accuracy={metrics['balanced_accuracy']:.4f} "
+               f"auc_macro={'n/a' if auc is None else format(auc, '.4f')} top2={metrics['top2_accuracy']:.4f} "
+               f"on {metrics['images']} images")
+    click.echo(f"Results: {out}")
+
+
 @cli.command("seg-otsu")
 @click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder.")
 @click.option("--out", required=True, help="Output folder; masks go to OUT/masks/ID_segmentation.png.")

@@ -33,9 +33,9 @@ def model_image_size(model):
     """(H, W) that the model takes.
 
     Args:
-        model: keras model with one image input.
+        model: keras model with image inputs (the first one decides).
     """
-    shape = model.inputs[0].shape
+    shape = next(t.shape for t in model.inputs if len(t.shape) == 4)
     return int(shape[1]), int(shape[2])
 
 
@@ -237,3 +237,164 @@ def segment_folder(model_path, images, out, batch_size=8, progress=True):
               "skipped": len(skipped), "model": os.path.abspath(model_path), "source": os.path.abspath(images)}
     runs.write_json(os.path.join(out, "segment.json"), report)
     return report
+
+
+# ---------------------------------------------------------------- classification (paper 6.2)
+
+# Official column names of the challenge CSVs (ISIC 2018 Task 3 for HAM10000, ISIC 2019), in their order.
+OFFICIAL_COLUMNS = {
+    "ham10000": {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"},
+    "isic2019": {c: c for c in ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")},
+}
+
+
+def isic_csv(image_ids, values, classes, dataset, path):
+    """Writes an ISIC challenge CSV: `image` + one column per class with its official name and order.
+
+    Args:
+        image_ids: image ids.
+        values: (N, C) probabilities (or one-hot truth) in `classes` order.
+        classes: our class names.
+        dataset: "ham10000" or "isic2019".
+        path: output file.
+    """
+    columns = OFFICIAL_COLUMNS[dataset]
+    frame = pd.DataFrame({"image": list(image_ids)})
+    for official, ours in columns.items():
+        frame[official] = np.asarray(values)[:, list(classes).index(ours)]
+    frame.to_csv(path, index=False, float_format="%.8f")
+    return path
+
+
+def plot_confusion(labels, pred, classes, path):
+    """Confusion matrix as counts and row-normalised (paper Figure 6).
+
+    Args:
+        labels: int labels.
+        pred: int predictions.
+        classes: class names.
+        path: PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    counts = np.zeros((n, n), np.int64)
+    np.add.at(counts, (labels, pred), 1)
+    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, matrix, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(n), classes, rotation=45)
+        ax.set_yticks(range(n), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(labels, probs, classes, path):
+    """One-vs-rest ROC curve per class.
+
+    Args:
+        labels: int labels.
+        probs: (N, C) probabilities.
+        classes: class names.
+        path: PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for c, name in enumerate(classes):
+        truth = labels == c
+        if 0 < truth.sum() < len(truth):
+            fpr, tpr, _ = roc_curve(truth, probs[:, c])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir=None, batch_size=16, progress=True):
+    """Evaluates a classifier on its run's test split (or another labelled set) in the ISIC formats.
+
+    Writes metrics.json (accuracy, balanced_accuracy, auc_macro, top2_accuracy,
+    per-class precision / recall / F1 / AUC), predictions.csv and
+    ground_truth.csv (ISIC challenge format, official class names),
+    confusion_matrix.png and roc.png.
+
+    Args:
+        model_path: RUN/best.keras of `cls-train` (its run folder supplies config, split and metadata encoder).
+        out: output folder.
+        subset: split subset to evaluate (train, val, test) when no other data is given.
+        data_dir: evaluate all images of another dataset folder instead.
+        images: image folder(s) of that dataset.
+        seg_dir: segmented images of that dataset.
+        batch_size: prediction batch size.
+        progress: show progress bars.
+    """
+    import dataclasses
+
+    from skinkeras.config import ClsTrainConfig, from_json
+    from skinkeras.data import classification as cls_data
+    from skinkeras.data.metadata import MetadataEncoder
+    from skinkeras.data.pipeline import ClassificationDataset
+    from skinkeras.metrics import classification_scores
+    from skinkeras.train import cls_arrays, dataset_classes, load_cls_records, model_input_names
+
+    run_dir = os.path.dirname(os.path.abspath(model_path))
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise FileNotFoundError(f"{run_dir} has no config.json: give the best.keras inside a cls-train run folder")
+    model = load_model(model_path)
+    cfg = from_json(ClsTrainConfig, os.path.join(run_dir, "config.json"))
+    classes = dataset_classes(cfg.dataset)
+    encoder = MetadataEncoder.from_dict(runs.read_json(os.path.join(run_dir, "metadata_encoder.json")))
+    if data_dir or images:
+        cfg = dataclasses.replace(cfg, data_dir=data_dir, images=images, seg_dir=seg_dir or cfg.seg_dir)
+        df, problems = load_cls_records(cfg)
+        source = f"all images of {data_dir or images}"
+    else:
+        df, problems = load_cls_records(cfg)
+        df, more = cls_data.apply_split(df, cls_data.read_split(os.path.join(run_dir, "split.csv")))
+        df = df[df.subset == subset].reset_index(drop=True)
+        problems = list(problems) + list(more)
+        source = f"the {subset} split of {run_dir}"
+    if df.empty:
+        raise ValueError(f"No images to evaluate in {source}")
+    os.makedirs(out, exist_ok=True)
+    names = model_input_names(model)
+    size = model_image_size(model)
+    arrays, kept, skipped = cls_arrays(df, encoder, size, names, progress)
+    labels = df.label.to_numpy(np.int64)
+    probs = model.predict(ClassificationDataset(arrays, labels, names, batch_size, plan=lambda epoch: kept),
+                          verbose=1 if progress else 0)
+    labels, ids = labels[kept], df.image_id.to_numpy()[kept]
+    # The CSV holds 8 decimals; scoring the same rounded values keeps our numbers identical to the official scorer's.
+    probs = np.round(np.asarray(probs, np.float64), 8)
+    metrics = classification_scores(labels, probs, classes)
+    metrics.update({"source": source, "model": os.path.abspath(model_path), "skipped": len(skipped)})
+    runs.write_json(os.path.join(out, "metrics.json"), metrics)
+    isic_csv(ids, probs, classes, cfg.dataset, os.path.join(out, "predictions.csv"))
+    isic_csv(ids, np.eye(len(classes))[labels], classes, cfg.dataset, os.path.join(out, "ground_truth.csv"))
+    plot_confusion(labels, probs.argmax(axis=1), classes, os.path.join(out, "confusion_matrix.png"))
+    plot_roc(labels, probs, classes, os.path.join(out, "roc.png"))
+    runs.write_skipped(out, list(problems) + skipped)
+    return metrics

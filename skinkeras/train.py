@@ -355,3 +355,255 @@ def seg_builder_kwargs(cfg):
     elif cfg.arch in ("unet", "unetpp"):
         kwargs.update(decoder_filters=tuple(cfg.decoder_filters))
     return kwargs
+
+
+# ---------------------------------------------------------------- classification (paper 4.2, 5, 6.1)
+
+SEGMENTED_SUBDIR = "segmented"
+
+
+def dataset_classes(dataset):
+    """Class names of a classification dataset in label order.
+
+    Args:
+        dataset: "ham10000" or "isic2019".
+    """
+    from skinkeras.data import ham10000, isic2019
+
+    tables = {"ham10000": ham10000.CLASSES, "isic2019": isic2019.CLASSES}
+    if dataset not in tables:
+        raise ValueError(f"Unknown --dataset {dataset!r}; valid: {', '.join(tables)}")
+    return tables[dataset]
+
+
+def load_cls_records(cfg):
+    """Loads the records of `cfg.dataset` with their segmented-image paths; returns (df, problems).
+
+    Args:
+        cfg: `ClsTrainConfig`.
+    """
+    from skinkeras.data.ham10000 import load_ham10000
+    from skinkeras.data.isic2019 import load_isic2019
+
+    dataset_classes(cfg.dataset)
+    loader = load_ham10000 if cfg.dataset == "ham10000" else load_isic2019
+    df, problems = loader(cfg.data_dir, cfg.images)
+    if needs_segmented(cfg):
+        if not cfg.seg_dir:
+            raise ValueError("This model needs segmented images: pass --seg-dir SEGDIR written by "
+                             "`python cli.py segment --model SEG.keras --images IMAGES --out SEGDIR`")
+        folder = os.path.join(cfg.seg_dir, SEGMENTED_SUBDIR)
+        paths = [os.path.join(folder, f"{i}.jpg") for i in df.image_id]
+        exists = np.array([os.path.exists(p) for p in paths], bool)
+        if not exists.any():
+            raise FileNotFoundError(f"No segmented images in {folder}; make them with `python cli.py segment "
+                                    f"--model SEG.keras --images IMAGES --out {cfg.seg_dir}`")
+        problems = list(problems) + [(p, "no segmented image (run `segment` on its folder)")
+                                     for p, ok in zip(paths, exists) if not ok]
+        df = df.assign(seg_path=paths)[exists].reset_index(drop=True)
+    return df, problems
+
+
+def needs_segmented(cfg):
+    """Whether the configured model reads segmented images.
+
+    Args:
+        cfg: `ClsTrainConfig`.
+    """
+    return cfg.arch is None and cfg.variant != "original_only"
+
+
+def build_classifier(cfg, num_classes, num_features):
+    """Builds the configured TDBN variant or Table 2 baseline.
+
+    Args:
+        cfg: `ClsTrainConfig`.
+        num_classes: number of classes.
+        num_features: width of the metadata vector.
+    """
+    from skinkeras.models.cls_baselines import build_cls_baseline
+    from skinkeras.models.tdbn import build_tdbn
+
+    if cfg.arch:
+        return build_cls_baseline(cfg.arch, num_classes, cfg.image_size, cfg.weights, dropout=cfg.dropout)
+    return build_tdbn(num_classes, cfg.image_size, cfg.encoder, cfg.weights, cfg.variant, cfg.metadata_encoder,
+                      num_features=num_features, num_heads=cfg.num_heads, key_dim=cfg.key_dim, dropout=cfg.dropout)
+
+
+def compile_classifier(model, cfg, num_classes):
+    """Cross-entropy, Adam with weight decay (paper 6.1), accuracy / balanced accuracy / top-2 metrics.
+
+    Args:
+        model: classifier with a softmax output.
+        cfg: `ClsTrainConfig`.
+        num_classes: number of classes.
+    """
+    from skinkeras.metrics import BalancedAccuracy
+
+    set_batchnorm_momentum(model, cfg.bn_momentum)
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate, weight_decay=cfg.weight_decay or None),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), BalancedAccuracy(num_classes),
+                 keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2_accuracy")],
+    )
+    return model
+
+
+def model_input_names(model):
+    """Names of a functional model's inputs.
+
+    Args:
+        model: keras model.
+    """
+    return [t.name for t in model.inputs]
+
+
+def cls_arrays(df, encoder, size, input_names, progress=True):
+    """Loads the images and metadata a classifier needs, for the rows of `df`.
+
+    Args:
+        df: records (image_path, seg_path when segmented images are needed, age, sex, site).
+        encoder: fitted `MetadataEncoder`.
+        size: (H, W).
+        input_names: the model's input names.
+        progress: show progress bars.
+
+    Returns:
+        (arrays dict, kept row positions, skipped [(path, reason)]).
+    """
+    from skinkeras.data.metadata import sample_availability
+    from skinkeras.data.pipeline import load_image_rows
+
+    kept = np.arange(len(df))
+    arrays, skipped = {}, []
+    for name, column in (("original", "image_path"), ("segmented", "seg_path")):
+        if name in input_names:
+            images, ok, bad = load_image_rows(list(df[column]), size, progress)
+            full = np.zeros((len(df), *size, 3), np.uint8)
+            full[ok] = images
+            arrays[name] = full
+            kept = np.intersect1d(kept, ok)
+            skipped += bad
+    features, avail = encoder.transform(df)
+    arrays["metadata"] = features
+    arrays["metadata_mask"] = sample_availability(avail)
+    return arrays, kept, skipped
+
+
+def train_classification(cfg, resume=False, resume_epochs=None, progress=True):
+    """Trains a TDBN variant or baseline classifier and writes its run folder; returns the folder.
+
+    Writes config.json, env.json, classes.json, metadata_encoder.json, split.csv
+    (train / val / test, lesion-grouped by default), skipped.csv,
+    class_distribution.png (before / after balancing), last.keras, best.keras
+    (best validation balanced accuracy, no optimizer state), history.csv,
+    training_curves.png and metrics.json (validation scores of best.keras).
+
+    Args:
+        cfg: `ClsTrainConfig`.
+        resume: continue the run in `cfg.out` from its last.keras with its saved config and split.
+        resume_epochs: with resume, the new total number of epochs.
+        progress: show progress bars.
+    """
+    from skinkeras.config import ClsTrainConfig
+    from skinkeras.data import classification as cls_data
+    from skinkeras.data.metadata import MetadataEncoder
+    from skinkeras.data.pipeline import ClassificationDataset
+    from skinkeras.metrics import classification_scores
+
+    run_dir = runs.prepare_run_dir(cfg.out, "cls-train", resume)
+    if resume:
+        saved = from_json(ClsTrainConfig, os.path.join(run_dir, "config.json"))
+        cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
+    cfg = dataclasses.replace(cfg, out=run_dir)
+    classes = dataset_classes(cfg.dataset)
+    to_json(cfg, os.path.join(run_dir, "config.json"))
+    runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))
+    runs.write_json(os.path.join(run_dir, "classes.json"), {"dataset": cfg.dataset, "classes": list(classes)})
+    keras.utils.set_random_seed(cfg.seed)
+
+    df, problems = load_cls_records(cfg)
+    split_csv = os.path.join(run_dir, "split.csv")
+    if resume and os.path.exists(split_csv):
+        df, more = cls_data.apply_split(df, cls_data.read_split(split_csv))
+        problems = list(problems) + list(more)
+    else:
+        if cfg.limit:
+            df = df.iloc[np.sort(np.random.default_rng(cfg.seed).permutation(len(df))[: cfg.limit])]
+            df = df.reset_index(drop=True)
+        df = cls_data.split_records(df, tuple(cfg.fractions), by=cfg.split, seed=cfg.seed)
+        cls_data.write_split(df, split_csv)
+        runs.write_skipped(run_dir, problems)
+
+    encoder = MetadataEncoder().fit(df[df.subset == "train"])
+    runs.write_json(os.path.join(run_dir, "metadata_encoder.json"), encoder.to_dict())
+    history_csv = os.path.join(run_dir, "history.csv")
+    history = read_history(history_csv) if resume else []
+    last = os.path.join(run_dir, "last.keras")
+    if resume and history and os.path.exists(last):
+        model = keras.models.load_model(last)
+        set_batchnorm_momentum(model, cfg.bn_momentum)
+    else:
+        history = []
+        model = compile_classifier(build_classifier(cfg, len(classes), encoder.n_features), cfg, len(classes))
+    names = model_input_names(model)
+
+    size = (cfg.image_size, cfg.image_size)
+    if progress:
+        print(f"Loading {len(df)} images at {size[0]}x{size[1]} ({', '.join(names)})")
+    arrays, kept, skipped = cls_arrays(df, encoder, size, names, progress)
+    if not resume:
+        runs.write_skipped(run_dir, skipped)
+    labels = df.label.to_numpy(np.int64)
+    subset = df.subset.to_numpy()
+    train_idx = np.intersect1d(kept, np.flatnonzero(subset == "train"))
+    val_idx = np.intersect1d(kept, np.flatnonzero(subset == "val"))
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(f"Empty training or validation split ({len(train_idx)} / {len(val_idx)} images)")
+
+    def plan(epoch):
+        if not cfg.balance:
+            return train_idx
+        positions, _ = cls_data.balance_plan(labels[train_idx], cfg.balance_cap, cfg.balance_floor,
+                                             seed=cfg.seed + epoch)
+        return train_idx[positions]
+
+    cls_data.plot_class_distribution(cls_data.class_counts(labels[train_idx], len(classes)),
+                                     cls_data.class_counts(labels[plan(0)], len(classes)), classes,
+                                     os.path.join(run_dir, "class_distribution.png"),
+                                     title=f"{cfg.dataset} training split before / after balancing")
+    train_ds = ClassificationDataset(arrays, labels, names, cfg.batch_size, augment=True, shuffle=True, plan=plan,
+                                     seed=cfg.seed, flip_prob=cfg.flip_prob, max_rotation=cfg.max_rotation)
+    train_ds.set_epoch(len(history))
+    val_ds = ClassificationDataset(arrays, labels, names, cfg.batch_size, plan=lambda epoch: val_idx)
+    monitor = "val_balanced_accuracy"
+    best = max((r.get(monitor, -math.inf) for r in history), default=-math.inf)
+    callbacks = [
+        keras.callbacks.LearningRateScheduler(step_schedule(cfg.learning_rate, cfg.lr_step_epochs, cfg.lr_factor)),
+        # best.keras without optimizer state: an uncompiled functional copy sharing the layers.
+        RunRecorder(run_dir, monitor, best, export=lambda m: keras.Model(m.input, m.output, name=m.name)),
+    ]
+    if len(history) < cfg.epochs:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=len(history),
+                  callbacks=callbacks, verbose=1 if progress else 0)
+    plot_history(history_csv, os.path.join(run_dir, "training_curves.png"), metric="accuracy")
+
+    best_model = keras.models.load_model(os.path.join(run_dir, "best.keras"), compile=False)
+    probs = best_model.predict(ClassificationDataset(arrays, labels, names, cfg.batch_size,
+                                                     plan=lambda epoch: val_idx), verbose=0)
+    rows = read_history(history_csv)
+    best_row = max(rows, key=lambda r: r.get(monitor, -math.inf))
+    metrics = {
+        "val": classification_scores(labels[val_idx], probs, classes),
+        "best_epoch": int(best_row["epoch"]),
+        "epochs_run": len(rows),
+        "train_minutes": round(sum(r.get("seconds", 0.0) for r in rows) / 60, 2),
+        "model": cfg.arch or cfg.variant,
+        "split": cfg.split,
+        "subset_images": {s: int(np.isin(np.flatnonzero(subset == s), kept).sum()) for s in ("train", "val", "test")},
+        "backend": keras.backend.backend(),
+        **model_size(best_model),
+    }
+    runs.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    return run_dir

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-import skinkeras.layers  # noqa: F401  (registers the custom layers before loading)
 from skinkeras import runs
 from skinkeras.data.isic2018 import find_pairs, limit_pairs, list_images
 from skinkeras.data.pipeline import ImageReadError, read_rgb, resize_rgb

@@ -225,6 +225,31 @@ def predict_masks(model, images, batch_size=8):
     return np.asarray(out)[..., 0]
 
 
+def open_run(cfg, command, resume=False, resume_epochs=None):
+    """Creates or reopens a run folder, writes config.json and env.json, seeds everything.
+
+    On resume the run's saved config is used (only the epoch total may change).
+
+    Args:
+        cfg: a config dataclass with `out`, `epochs` and `seed`.
+        command: CLI command name (for the default folder name).
+        resume: continue the run in `cfg.out`.
+        resume_epochs: with resume, the new total number of epochs.
+
+    Returns:
+        (run_dir, resolved config).
+    """
+    run_dir = runs.prepare_run_dir(cfg.out, command, resume)
+    if resume:
+        saved = from_json(type(cfg), os.path.join(run_dir, "config.json"))
+        cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
+    cfg = dataclasses.replace(cfg, out=run_dir)
+    to_json(cfg, os.path.join(run_dir, "config.json"))
+    runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))
+    keras.utils.set_random_seed(cfg.seed)
+    return run_dir, cfg
+
+
 def load_split(cfg, run_dir, resume=False, progress=True):
     """Loads the run's pairs into memory and splits them, writing (or, on resume, reusing) split.csv.
 
@@ -280,14 +305,7 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
         resume_epochs: with resume, the new total number of epochs (default: the saved one).
         progress: show progress bars.
     """
-    run_dir = runs.prepare_run_dir(cfg.out, "seg-train", resume)
-    if resume:
-        saved = from_json(SegTrainConfig, os.path.join(run_dir, "config.json"))
-        cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
-    cfg = dataclasses.replace(cfg, out=run_dir)
-    to_json(cfg, os.path.join(run_dir, "config.json"))
-    runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))
-    keras.utils.set_random_seed(cfg.seed)
+    run_dir, cfg = open_run(cfg, "seg-train", resume, resume_epochs)
 
     (x_train, y_train), (x_val, y_val) = load_split(cfg, run_dir, resume, progress)
 
@@ -309,7 +327,7 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
     names = list(model.output.keys())
     train_ds = SegmentationDataset(x_train, y_train, cfg.batch_size, names, augment=True, shuffle=True,
                                    seed=cfg.seed, flip_prob=cfg.flip_prob, max_rotation=cfg.max_rotation)
-    train_ds.epoch = initial_epoch
+    train_ds.set_epoch(initial_epoch)
     val_ds = SegmentationDataset(x_val, y_val, cfg.batch_size, names)
     callbacks = [
         keras.callbacks.LearningRateScheduler(step_schedule(cfg.learning_rate, cfg.lr_step_epochs, cfg.lr_factor)),
@@ -506,22 +524,14 @@ def train_classification(cfg, resume=False, resume_epochs=None, progress=True):
         resume_epochs: with resume, the new total number of epochs.
         progress: show progress bars.
     """
-    from skinkeras.config import ClsTrainConfig
     from skinkeras.data import classification as cls_data
     from skinkeras.data.metadata import MetadataEncoder
     from skinkeras.data.pipeline import ClassificationDataset
     from skinkeras.metrics import classification_scores
 
-    run_dir = runs.prepare_run_dir(cfg.out, "cls-train", resume)
-    if resume:
-        saved = from_json(ClsTrainConfig, os.path.join(run_dir, "config.json"))
-        cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
-    cfg = dataclasses.replace(cfg, out=run_dir)
+    run_dir, cfg = open_run(cfg, "cls-train", resume, resume_epochs)
     classes = dataset_classes(cfg.dataset)
-    to_json(cfg, os.path.join(run_dir, "config.json"))
-    runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))
     runs.write_json(os.path.join(run_dir, "classes.json"), {"dataset": cfg.dataset, "classes": list(classes)})
-    keras.utils.set_random_seed(cfg.seed)
 
     df, problems = load_cls_records(cfg)
     split_csv = os.path.join(run_dir, "split.csv")

@@ -188,7 +188,60 @@ def augment_pair(image, mask, rng, flip_prob=0.5, max_rotation=15.0):
     return image, mask
 
 
-class SegmentationDataset(keras.utils.PyDataset):
+class AugmentedDataset(keras.utils.PyDataset):
+    """Epoch bookkeeping shared by the datasets: per-epoch order (plan + shuffle), batching, seeded augmentation.
+
+    Args:
+        size: number of samples when there is no plan.
+        batch_size: batch size.
+        augment: apply flip + rotation (subclasses decide to which arrays).
+        shuffle: reshuffle every epoch.
+        plan: callable epoch -> index array (e.g. balancing), or None for range(size).
+        seed: seed of shuffling and augmentation.
+        flip_prob: horizontal flip probability.
+        max_rotation: rotation range in degrees.
+    """
+
+    def __init__(self, size, batch_size=32, augment=False, shuffle=False, plan=None, seed=0, flip_prob=0.5,
+                 max_rotation=15.0, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+        self.batch_size = int(batch_size)
+        self.augment = augment
+        self.shuffle = shuffle
+        self.plan = plan
+        self.seed = seed
+        self.flip_prob = flip_prob
+        self.max_rotation = max_rotation
+        self.set_epoch(0)
+
+    def _order(self):
+        order = np.arange(self.size) if self.plan is None else np.asarray(self.plan(self.epoch))
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
+        return order
+
+    def set_epoch(self, epoch):
+        """Starts at `epoch` (a resumed run draws the orders and plans it would have drawn)."""
+        self.epoch = epoch
+        self.order = self._order()
+
+    def batch_indices(self, index):
+        """Sample indices of batch `index`."""
+        return self.order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def augment_rng(self, index):
+        """Generator of batch `index`'s augmentation, fixed by seed, epoch and batch."""
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+    def __len__(self):
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
+
+
+class SegmentationDataset(AugmentedDataset):
     """Batches of in-memory image/mask arrays, shuffled and augmented per epoch.
 
     Yields float32 0-255 images (the models preprocess for their encoder
@@ -200,51 +253,25 @@ class SegmentationDataset(keras.utils.PyDataset):
         masks: uint8 (N, H, W, 1).
         batch_size: batch size.
         output_names: names of the model outputs that take the mask as target.
-        augment: apply flip + rotation.
-        shuffle: reshuffle every epoch.
-        seed: seed of shuffling and augmentation.
-        flip_prob: horizontal flip probability.
-        max_rotation: rotation range in degrees.
+        **kwargs: augment, shuffle, seed, flip_prob, max_rotation (see `AugmentedDataset`).
     """
 
-    def __init__(self, images, masks, batch_size=32, output_names=("mask",), augment=False, shuffle=False,
-                 seed=0, flip_prob=0.5, max_rotation=15.0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, images, masks, batch_size=32, output_names=("mask",), **kwargs):
         self.images = images
         self.masks = masks
-        self.batch_size = int(batch_size)
         self.output_names = tuple(output_names)
-        self.augment = augment
-        self.shuffle = shuffle
-        self.seed = seed
-        self.flip_prob = flip_prob
-        self.max_rotation = max_rotation
-        self.epoch = 0
-        self.order = self._order()
-
-    def _order(self):
-        if not self.shuffle:
-            return np.arange(len(self.images))
-        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.images))
-
-    def __len__(self):
-        return math.ceil(len(self.images) / self.batch_size)
+        super().__init__(len(images), batch_size, **kwargs)
 
     def __getitem__(self, index):
-        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        idx = self.batch_indices(index)
         images, masks = self.images[idx], self.masks[idx]
         if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = self.augment_rng(index)
             pairs = [augment_pair(i, m, rng, self.flip_prob, self.max_rotation) for i, m in zip(images, masks)]
             images = np.stack([p[0] for p in pairs])
             masks = np.stack([p[1] for p in pairs])
-        x = images.astype("float32")
         y = masks.astype("float32")
-        return x, {name: y for name in self.output_names}
-
-    def on_epoch_end(self):
-        self.epoch += 1
-        self.order = self._order()
+        return images.astype("float32"), {name: y for name in self.output_names}
 
 
 def load_image_rows(paths, size, progress=True, workers=2):
@@ -281,7 +308,7 @@ def load_image_rows(paths, size, progress=True, workers=2):
     return (np.stack(images) if images else empty), kept, skipped
 
 
-class ClassificationDataset(keras.utils.PyDataset):
+class ClassificationDataset(AugmentedDataset):
     """Batches of (inputs dict, labels) for the classifiers, balanced and augmented per epoch.
 
     Inputs are the model's named inputs: "original" and "segmented" float32
@@ -295,62 +322,29 @@ class ClassificationDataset(keras.utils.PyDataset):
         labels: int labels (N,).
         input_names: model input names to yield.
         batch_size: batch size.
-        augment: apply flip + rotation to the image inputs.
-        shuffle: shuffle every epoch.
-        plan: callable epoch -> index array (balancing), or None for all samples.
-        seed: seed of shuffling and augmentation.
-        flip_prob: horizontal flip probability.
-        max_rotation: rotation range in degrees.
+        **kwargs: augment, shuffle, plan, seed, flip_prob, max_rotation (see `AugmentedDataset`).
     """
 
     IMAGE_INPUTS = ("original", "segmented")
 
-    def __init__(self, arrays, labels, input_names, batch_size=32, augment=False, shuffle=False, plan=None, seed=0,
-                 flip_prob=0.5, max_rotation=15.0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, arrays, labels, input_names, batch_size=32, **kwargs):
         self.arrays = arrays
         self.labels = np.asarray(labels, np.int64)
         self.input_names = tuple(input_names)
         missing = [n for n in self.input_names if n not in arrays]
         if missing:
             raise ValueError(f"model inputs {missing} have no data (available: {sorted(arrays)})")
-        self.batch_size = int(batch_size)
-        self.augment = augment
-        self.shuffle = shuffle
-        self.plan = plan
-        self.seed = seed
-        self.flip_prob = flip_prob
-        self.max_rotation = max_rotation
-        self.epoch = 0
-        self.order = self._order()
-
-    def _order(self):
-        order = np.arange(len(self.labels)) if self.plan is None else np.asarray(self.plan(self.epoch))
-        if self.shuffle:
-            order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
-        return order
-
-    def set_epoch(self, epoch):
-        """Starts at `epoch` (resumed runs draw the balancing plans they would have drawn)."""
-        self.epoch = epoch
-        self.order = self._order()
-
-    def __len__(self):
-        return math.ceil(len(self.order) / self.batch_size)
+        super().__init__(len(self.labels), batch_size, **kwargs)
 
     def __getitem__(self, index):
-        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        idx = self.batch_indices(index)
         batch = {name: self.arrays[name][idx] for name in self.input_names}
         images = [n for n in self.IMAGE_INPUTS if n in batch]
         if self.augment and images:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = self.augment_rng(index)
             views = [augment_views([batch[n][i] for n in images], rng, self.flip_prob, self.max_rotation)
                      for i in range(len(idx))]
             for j, name in enumerate(images):
                 batch[name] = np.stack([v[j] for v in views])
         batch = {name: value.astype("float32") for name, value in batch.items()}
         return batch, self.labels[idx]
-
-    def on_epoch_end(self):
-        self.epoch += 1
-        self.order = self._order()

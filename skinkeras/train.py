@@ -250,6 +250,25 @@ def open_run(cfg, command, resume=False, resume_epochs=None):
     return run_dir, cfg
 
 
+def restore_or_build(run_dir, resume, cfg, build):
+    """Returns (model, history rows): the run's last.keras on resume, else `build()` and no history.
+
+    Args:
+        run_dir: run folder.
+        resume: continue from last.keras when the run has one and a history.
+        cfg: the run's config (its bn_momentum is re-applied to a restored model).
+        build: callable returning a new compiled model.
+    """
+    history = read_history(os.path.join(run_dir, "history.csv")) if resume else []
+    last = os.path.join(run_dir, "last.keras")
+    if history and os.path.exists(last):
+        model = keras.models.load_model(last)
+        # custom layers rebuild their BatchNorm sublayers from their own config, at Keras' default momentum
+        set_batchnorm_momentum(model, cfg.bn_momentum)
+        return model, history
+    return build(), []
+
+
 def load_split(cfg, run_dir, resume=False, progress=True):
     """Loads the run's pairs into memory and splits them, writing (or, on resume, reusing) split.csv.
 
@@ -310,16 +329,9 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
     (x_train, y_train), (x_val, y_val) = load_split(cfg, run_dir, resume, progress)
 
     history_csv = os.path.join(run_dir, "history.csv")
-    history = read_history(history_csv) if resume else []
-    last = os.path.join(run_dir, "last.keras")
-    if resume and history and os.path.exists(last):
-        model = keras.models.load_model(last)
-        # custom layers rebuild their BatchNorm sublayers from their own config, at Keras' default momentum
-        set_batchnorm_momentum(model, cfg.bn_momentum)
-    else:
-        history = []
-        model = build_segmentation_model(cfg.arch, **seg_builder_kwargs(cfg))
-        compile_segmentation(model, cfg)
+    model, history = restore_or_build(
+        run_dir, resume, cfg, lambda: compile_segmentation(build_segmentation_model(cfg.arch, **seg_builder_kwargs(cfg)),
+                                                           cfg))
     initial_epoch = len(history)
     monitor = f"val_{MAIN_OUTPUT}_dice"
     best = max((r.get(monitor, -math.inf) for r in history), default=-math.inf)
@@ -549,14 +561,9 @@ def train_classification(cfg, resume=False, resume_epochs=None, progress=True):
     encoder = MetadataEncoder().fit(df[df.subset == "train"])
     runs.write_json(os.path.join(run_dir, "metadata_encoder.json"), encoder.to_dict())
     history_csv = os.path.join(run_dir, "history.csv")
-    history = read_history(history_csv) if resume else []
-    last = os.path.join(run_dir, "last.keras")
-    if resume and history and os.path.exists(last):
-        model = keras.models.load_model(last)
-        set_batchnorm_momentum(model, cfg.bn_momentum)
-    else:
-        history = []
-        model = compile_classifier(build_classifier(cfg, len(classes), encoder.n_features), cfg, len(classes))
+    model, history = restore_or_build(
+        run_dir, resume, cfg,
+        lambda: compile_classifier(build_classifier(cfg, len(classes), encoder.n_features), cfg, len(classes)))
     names = model_input_names(model)
 
     size = (cfg.image_size, cfg.image_size)

@@ -104,7 +104,8 @@ def prepare_run_dir(out, command, resume=False):
     if resume:
         if not os.path.isfile(os.path.join(run_dir, "config.json")):
             raise FileNotFoundError(f"--resume: {run_dir} holds no earlier run (no config.json); give its --out")
-    elif os.path.isfile(os.path.join(run_dir, "config.json")):
+    elif any(os.path.exists(os.path.join(run_dir, name)) for name in ("history.csv", "last.keras", "metrics.json")):
+        # A folder left by a start that failed before training (bad data path, say) may be reused.
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
     os.makedirs(run_dir, exist_ok=True)
     return run_dir

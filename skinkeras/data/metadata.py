@@ -66,6 +66,25 @@ def valid_site_names():
     return sorted(k for k in _SITE_LOOKUP if k not in _MISSING)
 
 
+def _lookup(value, table, what, valid, source=None):
+    """Maps a spelling through `table`; "" when missing; a ValueError naming the value and the valid ones.
+
+    Args:
+        value: raw value; None, NaN, "", "unknown" mean missing.
+        table: normalised key -> canonical value.
+        what: what the value is, for the error.
+        valid: the valid spellings, listed in the error.
+        source: optional file name, quoted in the error.
+    """
+    key = _key(value)
+    if key in _MISSING:
+        return ""
+    if key not in table:
+        where = f" in {source}" if source else ""
+        raise ValueError(f"Unknown {what} {value!r}{where}; valid: {valid}")
+    return table[key]
+
+
 def normalize_site(value, source=None):
     """Returns the unified site name of a HAM10000 / ISIC 2019 / unified spelling, "" when missing.
 
@@ -73,13 +92,7 @@ def normalize_site(value, source=None):
         value: site string; None, NaN, "", "unknown" mean missing.
         source: optional file name, quoted in the error for an unknown value.
     """
-    key = _key(value)
-    if key in _MISSING:
-        return ""
-    if key not in _SITE_LOOKUP:
-        where = f" in {source}" if source else ""
-        raise ValueError(f"Unknown lesion site {value!r}{where}; valid: {', '.join(valid_site_names())}")
-    return _SITE_LOOKUP[key]
+    return _lookup(value, _SITE_LOOKUP, "lesion site", ", ".join(valid_site_names()), source)
 
 
 def normalize_sex(value, source=None):
@@ -89,13 +102,7 @@ def normalize_sex(value, source=None):
         value: sex string; None, NaN, "", "unknown" mean missing.
         source: optional file name, quoted in the error for an unknown value.
     """
-    key = _key(value)
-    if key in _MISSING:
-        return ""
-    if key not in SEXES:
-        where = f" in {source}" if source else ""
-        raise ValueError(f"Unknown sex {value!r}{where}; valid: {', '.join(SEXES)} (or empty/unknown)")
-    return key
+    return _lookup(value, {s: s for s in SEXES}, "sex", f"{', '.join(SEXES)} (or empty/unknown)", source)
 
 
 def normalize_age(value):

@@ -104,6 +104,40 @@ def load_pair(pair, size):
     return resize_rgb(image, size), resize_mask(mask, size)[..., None]
 
 
+def load_all(items, load, path_of, progress=True, workers=2):
+    """Runs `load` over `items` in threads with a progress bar, collecting failures instead of raising.
+
+    Args:
+        items: things to load.
+        load: callable item -> result; ValueError / OSError mean "skip this item".
+        path_of: callable item -> path named in the skipped list.
+        progress: show a progress bar.
+        workers: decoding threads (PIL releases the GIL while decoding).
+
+    Returns:
+        (results of the loaded items, their positions in `items`, skipped [(path, reason)]).
+    """
+
+    def safe(item):
+        try:
+            return load(item), None
+        except (ValueError, OSError) as exc:
+            return None, str(exc)
+
+    bar = keras.utils.Progbar(len(items), unit_name="image") if progress and items else None
+    results, kept, skipped = [], [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, (item, (result, error)) in enumerate(zip(items, pool.map(safe, items))):
+            if error is None:
+                results.append(result)
+                kept.append(i)
+            else:
+                skipped.append((path_of(item), error))
+            if bar is not None:
+                bar.update(i + 1)
+    return results, kept, skipped
+
+
 def load_pairs(pairs, size, progress=True, workers=2):
     """Loads pairs into memory, skipping (not crashing on) bad files.
 
@@ -111,34 +145,18 @@ def load_pairs(pairs, size, progress=True, workers=2):
         pairs: list of `Pair`.
         size: (H, W) target.
         progress: show a progress bar.
-        workers: decoding threads (PIL releases the GIL while decoding).
+        workers: decoding threads.
 
     Returns:
         (images uint8 (N, H, W, 3), masks uint8 (N, H, W, 1) or None, kept pairs, skipped [(path, reason)]).
     """
-
-    def safe(pair):
-        try:
-            return load_pair(pair, size), None
-        except (ValueError, OSError) as exc:
-            return None, str(exc)
-
-    bar = keras.utils.Progbar(len(pairs), unit_name="image") if progress and pairs else None
-    images, masks, kept, skipped = [], [], [], []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, (pair, (result, error)) in enumerate(zip(pairs, pool.map(safe, pairs))):
-            if error is not None:
-                skipped.append((pair.image_path, error))
-            else:
-                images.append(result[0])
-                masks.append(result[1])
-                kept.append(pair)
-            if bar is not None:
-                bar.update(i + 1)
+    results, kept, skipped = load_all(pairs, lambda p: load_pair(p, size), lambda p: p.image_path, progress, workers)
     if not kept:
         raise ValueError(f"None of the {len(pairs)} images could be loaded; first problem: {skipped[0][1]}")
+    masks = [r[1] for r in results]
     has_masks = all(m is not None for m in masks)
-    return np.stack(images), (np.stack(masks) if has_masks else None), kept, skipped
+    return (np.stack([r[0] for r in results]), (np.stack(masks) if has_masks else None),
+            [pairs[i] for i in kept], skipped)
 
 
 def augment_views(views, rng, flip_prob=0.5, max_rotation=15.0, nearest=()):
@@ -278,7 +296,7 @@ def load_image_rows(paths, size, progress=True, workers=2):
     """Loads images (any mode) resized to (H, W) into one uint8 array, skipping unreadable files.
 
     Args:
-        paths: image paths (a None entry means "no image" and is skipped with that reason).
+        paths: image paths.
         size: (H, W).
         progress: show a progress bar.
         workers: decoding threads.
@@ -286,26 +304,8 @@ def load_image_rows(paths, size, progress=True, workers=2):
     Returns:
         (images uint8 (N_ok, H, W, 3), kept positions into `paths`, skipped [(path, reason)]).
     """
-
-    def safe(path):
-        try:
-            return resize_rgb(read_rgb(path), size), None
-        except ImageReadError as exc:
-            return None, str(exc)
-
-    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress and paths else None
-    images, kept, skipped = [], [], []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, (path, (image, error)) in enumerate(zip(paths, pool.map(safe, paths))):
-            if error is None:
-                images.append(image)
-                kept.append(i)
-            else:
-                skipped.append((path, error))
-            if bar is not None:
-                bar.update(i + 1)
-    empty = np.zeros((0, *size, 3), np.uint8)
-    return (np.stack(images) if images else empty), kept, skipped
+    images, kept, skipped = load_all(paths, lambda p: resize_rgb(read_rgb(p), size), str, progress, workers)
+    return (np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)), kept, skipped
 
 
 class ClassificationDataset(AugmentedDataset):

@@ -1,0 +1,1 @@
+"""Explainability: Grad-CAM through each backend's own gradients, measured against the lesion (paper 6.4)."""

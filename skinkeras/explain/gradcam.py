@@ -1,0 +1,438 @@
+"""Grad-CAM (Selvaraju et al., 2017) for the TDBN and the Table 2 baselines (paper 6.4, Figure 7).
+
+The model is split at the target feature map into `features` (model inputs ->
+map) and `head` (map + the other inputs -> class scores). The gradient of the
+chosen class score with respect to the map comes from the active backend's
+own autodiff (`skinkeras.explain.gradients`); everything else here is numpy
+and `keras` graph surgery, the same on every backend.
+
+Pipeline: `grad_cam` gives raw maps at feature resolution (channel weights =
+spatial mean of the gradient, ReLU of the weighted sum); `upsample_cams`
+resizes them to the input size and normalises each to [0, 1]; `overlay` and
+`plot_cam_grid` render; `cam_mass_in_mask` and `pointing_game` measure them
+against a lesion mask.
+"""
+
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+from PIL import Image
+
+from skinkeras.explain.gradients import class_score_gradients
+
+LOGITS = "logits"
+BRANCH_ENCODERS = ("original", "segmented")
+
+
+@dataclass
+class CamTarget:
+    """Where a CAM is taken: one feature map of the model, split into two models.
+
+    Args:
+        branch: name of this map in the results ("original", "segmented").
+        layer: the target layer, as a user would name it.
+        features: model [feature inputs] -> target map.
+        feature_inputs: the model input names `features` takes, in order.
+        head: model [target map, *other inputs] -> class scores (pre-softmax).
+        other_inputs: the model input names `head` takes after the map, in order.
+        tokens: whether the map is (B, T, D) tokens (ViT) rather than (B, h, w, C).
+    """
+
+    branch: str
+    layer: str
+    features: keras.Model
+    feature_inputs: tuple
+    head: keras.Model
+    other_inputs: tuple
+    tokens: bool = False
+
+
+@dataclass
+class CamResult:
+    """Raw Grad-CAM maps of a batch.
+
+    Args:
+        probabilities: (B, num_classes) model output.
+        class_index: (B,) class whose score was explained.
+        raw: branch -> (B, h, w) non-negative maps at feature resolution.
+        targets: the `CamTarget`s used.
+        method: "gradcam" or "layercam".
+        degenerate: branch -> (B,) bool, Grad-CAM weights that were round-off (their maps are zero).
+    """
+
+    probabilities: np.ndarray
+    class_index: np.ndarray
+    raw: dict = field(default_factory=dict)
+    targets: list = field(default_factory=list)
+    method: str = "gradcam"
+    degenerate: dict = field(default_factory=dict)
+
+
+def _history_node(tensor):
+    operation, node_index, _ = tensor._keras_history
+    return operation._inbound_nodes[node_index]
+
+
+def _upstream_inputs(tensor, model, stop=()):
+    """Names of the model inputs that `tensor` depends on, not looking through the tensors in `stop`.
+
+    Args:
+        tensor: symbolic tensor of the model's graph.
+        model: functional model.
+        stop: tensors at which the walk ends (the cut).
+    """
+    inputs = {id(t): t.name for t in model.inputs}
+    seen, stack, found = {id(t) for t in stop}, [tensor], set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if id(t) in inputs:
+            found.add(inputs[id(t)])
+            continue
+        stack.extend(_history_node(t).input_tensors)
+    return tuple(t.name for t in model.inputs if t.name in found)
+
+
+def _graph_nodes(model):
+    """Ids of the call nodes of `model`'s own graph (walked back from its outputs).
+
+    Building a sub-model from intermediate tensors clones nodes onto the same
+    layers, so a layer's `_inbound_nodes` may hold calls of other graphs.
+
+    Args:
+        model: functional model.
+    """
+    inputs = {id(t) for t in model.inputs}
+    seen, nodes, stack = set(), set(), list(model.outputs)
+    while stack:
+        t = stack.pop()
+        if id(t) in seen or id(t) in inputs:
+            continue
+        seen.add(id(t))
+        node = _history_node(t)
+        nodes.add(id(node))
+        stack.extend(node.input_tensors)
+    return nodes
+
+
+def _outer_call(model, layer, graph=None):
+    """(input tensors, output tensors) of `layer`'s call inside `model`'s graph.
+
+    A nested model's own `.output` belongs to its inner graph; the tensor that
+    the outer graph uses is the output of its call node there.
+
+    Args:
+        model: functional model.
+        layer: a layer called once in `model`.
+        graph: `_graph_nodes(model)`, when already computed.
+    """
+    graph = _graph_nodes(model) if graph is None else graph
+    nodes = [n for n in layer._inbound_nodes if id(n) in graph]
+    if len(nodes) != 1:
+        raise ValueError(f"Layer {layer.name!r} is called {len(nodes)} times in {model.name!r}; Grad-CAM needs one call")
+    return nodes[0].input_tensors, nodes[0].output_tensors
+
+
+def _scores_tensor(model):
+    try:
+        return model.get_layer(LOGITS).output
+    except ValueError:
+        # Models without a `logits` layer: explain the output itself.
+        return model.outputs[0]
+
+
+def _split(model, cut, branch, layer_name, head_cut=None, head_prefix=None):
+    """Builds a `CamTarget` from the cut tensor `cut` of the outer graph.
+
+    Args:
+        model: functional classifier.
+        cut: outer tensor whose value is the target map.
+        branch: result name.
+        layer_name: display name of the target layer.
+        head_cut: outer tensor where the head starts (defaults to `cut`).
+        head_prefix: callable map -> head_cut value, for maps inside a nested encoder.
+    """
+    scores = _scores_tensor(model)
+    feature_inputs = _upstream_inputs(cut, model)
+    head_cut = cut if head_cut is None else head_cut
+    other_inputs = _upstream_inputs(scores, model, stop=(head_cut,))
+    by_name = {t.name: t for t in model.inputs}
+    features = keras.Model([by_name[n] for n in feature_inputs], cut, name=f"{branch}_cam_features")
+    try:
+        rest = keras.Model([head_cut, *(by_name[n] for n in other_inputs)], scores, name=f"{branch}_cam_rest")
+    except ValueError as err:
+        raise ValueError(f"Grad-CAM cannot split {model.name!r} at {layer_name!r} (not a cut of the graph: {err}); "
+                         "name a layer that all paths to the output go through") from err
+    if head_prefix is None:
+        head = rest
+    else:
+        fmap = keras.Input(tuple(cut.shape[1:]), name=f"{branch}_cam_map")
+        others = [keras.Input(tuple(by_name[n].shape[1:]), name=f"{branch}_cam_{n}") for n in other_inputs]
+        head = keras.Model([fmap, *others], rest([head_prefix(fmap), *others]), name=f"{branch}_cam_head")
+    tokens = len(cut.shape) == 3
+    if len(cut.shape) not in (3, 4):
+        raise ValueError(f"Grad-CAM needs a (B, h, w, C) map or (B, T, D) tokens; {layer_name!r} gives {cut.shape}")
+    return CamTarget(branch, layer_name, features, feature_inputs, head, other_inputs, tokens)
+
+
+def _image_branch(model, tensor, layer_name):
+    images = [n for n in _upstream_inputs(tensor, model) if len(dict((t.name, t) for t in model.inputs)[n].shape) == 4]
+    if len(images) != 1:
+        raise ValueError(f"Layer {layer_name!r} depends on {len(images)} image inputs; Grad-CAM needs a layer of one "
+                         "image branch")
+    return images[0]
+
+
+def cam_targets(model, layer=None):
+    """Finds the Grad-CAM targets of a classifier: one per image branch.
+
+    Default: the output of each nested encoder (`original_encoder`,
+    `segmented_encoder`: the last convolutional block, stride 32), or the last
+    ViT block's tokens. `layer` may name a top-level layer of the model or a
+    layer inside its encoders (e.g. "conv5_block16_concat" of DenseNet201);
+    inside the TDBN that gives one target per encoder.
+
+    Args:
+        model: functional classifier of this project (TDBN variant or Table 2 baseline).
+        layer: target layer name, or None for the default.
+    """
+    names = {lay.name: lay for lay in model.layers}
+    graph = _graph_nodes(model)
+    if layer is None:
+        cuts = [(b, _outer_call(model, names[f"{b}_encoder"], graph)[1][0])
+                for b in BRANCH_ENCODERS if f"{b}_encoder" in names]
+        if cuts:
+            return [_split(model, cut, b, f"{b}_encoder") for b, cut in cuts]
+        blocks = [n for n in names if n.startswith("vit_block")]
+        if blocks:
+            return cam_targets(model, max(blocks, key=lambda n: int(n[len("vit_block"):])))
+        raise ValueError(f"{model.name!r} has no {'/'.join(b + '_encoder' for b in BRANCH_ENCODERS)} layer; "
+                         "name the target with --layer")
+    if layer in names:
+        outputs = _outer_call(model, names[layer], graph)[1]
+        if len(outputs) != 1:
+            raise ValueError(f"Layer {layer!r} has {len(outputs)} outputs; Grad-CAM needs one")
+        return [_split(model, outputs[0], _image_branch(model, outputs[0], layer), layer)]
+    targets = []
+    calls = {name: _outer_call(model, nested, graph) for name, nested in names.items()
+             if isinstance(nested, keras.Model) and layer in {lay.name for lay in nested.layers}}
+    for name, ((outer_in,), (outer_out,)) in calls.items():
+        nested = names[name]
+        branch = name[: -len("_encoder")] if name.endswith("_encoder") else name
+        inner = nested.get_layer(layer).output
+        try:
+            to_map = keras.Model(nested.inputs, inner)
+            from_map = keras.Model(inner, nested.outputs[0])
+        except ValueError as err:
+            raise ValueError(f"Grad-CAM cannot split {name!r} at {layer!r} (not a cut of the encoder: {err}); "
+                             "name a layer that all paths go through, e.g. a block output") from err
+        targets.append(_split(model, to_map(outer_in), branch, f"{name}/{layer}", head_cut=outer_out,
+                              head_prefix=from_map))
+    if not targets:
+        raise ValueError(f"No layer {layer!r} in {model.name!r} or its encoders; top-level layers: "
+                         f"{', '.join(names)} (see model.summary() / encoder.summary() for the inner names)")
+    return targets
+
+
+def tokens_to_grid(tokens, image_size):
+    """(B, T, D) ViT tokens -> (B, h, w, D) patch grid, dropping leading class tokens.
+
+    Args:
+        tokens: numpy tokens.
+        image_size: (H, W) of the input, which fixes the grid's aspect.
+    """
+    count = tokens.shape[1]
+    height, width = image_size
+    for extra in (1, 0, 2):
+        n = count - extra
+        h = int(round(np.sqrt(n * height / width)))
+        # A ViT input is a whole number of patches, so the grid has exactly the image's aspect.
+        if h > 0 and n % h == 0 and (n // h) * height == h * width:
+            return tokens[:, extra:].reshape(tokens.shape[0], h, n // h, tokens.shape[2])
+    raise ValueError(f"{count} tokens do not form a patch grid for a {height}x{width} input")
+
+
+METHODS = ("gradcam", "layercam")
+# Below this ratio the Grad-CAM channel weights are float round-off (see `weight_ratio`).
+DEGENERATE_RATIO = 1e-4
+
+
+def weight_ratio(gradients):
+    """||mean_hw g|| / ||mean_hw |g|||, per sample: how much of the gradient survives Grad-CAM's spatial mean.
+
+    It is about 1 when the gradient has one sign over space, and 0 when the
+    class score is invariant to adding a constant to every position of a
+    channel. That is exactly the TDBN's segmented branch: its tokens are only
+    the attention keys, and a shift shared by all keys adds the same constant
+    to every attention logit of a query, which the softmax removes. Its
+    Grad-CAM weights are zero up to round-off (ratio ~1e-7), and the map would
+    be amplified noise; LayerCAM, which weights each position by its own
+    gradient, is defined there.
+
+    Args:
+        gradients: (B, h, w, C).
+    """
+    g = gradients.astype(np.float64)
+    spread = np.linalg.norm(np.abs(g).mean(axis=(1, 2)), axis=1)
+    return np.where(spread > 0, np.linalg.norm(g.mean(axis=(1, 2)), axis=1) / np.maximum(spread, 1e-300), 0.0)
+
+
+def raw_cam(feature_map, gradients, method="gradcam"):
+    """Class activation map at feature resolution.
+
+    "gradcam" (Selvaraju et al., 2017): ReLU(sum_c mean_hw(dy/dA_c) * A_c);
+    samples whose weights are round-off (`weight_ratio` below
+    DEGENERATE_RATIO) get an all-zero map. "layercam" (Jiang et al., 2021):
+    ReLU(sum_c ReLU(dy/dA_c[h, w]) * A_c[h, w]).
+
+    Args:
+        feature_map: (B, h, w, C) activations A.
+        gradients: (B, h, w, C) gradient of the class score with respect to A.
+        method: one of METHODS.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown CAM method {method!r}; valid: {', '.join(METHODS)}")
+    fmap, g = feature_map.astype(np.float64), gradients.astype(np.float64)
+    if method == "layercam":
+        return np.maximum(np.sum(np.maximum(g, 0.0) * fmap, axis=-1), 0.0).astype(np.float32)
+    cam = np.maximum(np.einsum("bhwc,bc->bhw", fmap, g.mean(axis=(1, 2))), 0.0)
+    cam[weight_ratio(gradients) < DEGENERATE_RATIO] = 0.0
+    return cam.astype(np.float32)
+
+
+def _to_float(array):
+    return np.asarray(array, np.float32)
+
+
+def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=None, method="gradcam"):
+    """Computes raw Grad-CAM maps for every image branch of `model`.
+
+    Args:
+        model: classifier (TDBN variant or baseline) returning probabilities, with a `logits` layer.
+        inputs: dict input name -> numpy array (images 0-255 RGB at the model's size).
+        class_index: None (the predicted class), an int for every sample, or a (B,) array.
+        layer: target layer name (see `cam_targets`), or None.
+        batch_size: samples per gradient call.
+        targets: precomputed `cam_targets(model, layer)` (reused across calls).
+        method: "gradcam" or "layercam" (see `raw_cam`).
+
+    Returns:
+        `CamResult`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown CAM method {method!r}; valid: {', '.join(METHODS)}")
+    targets = targets or cam_targets(model, layer)
+    names = [t.name for t in model.inputs]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise ValueError(f"Grad-CAM inputs lack {', '.join(missing)} (the model takes {', '.join(names)})")
+    count = len(inputs[names[0]])
+    image_size = next(tuple(t.shape[1:3]) for t in model.inputs if len(t.shape) == 4)
+    probabilities, raw, degenerate = [], {t.branch: [] for t in targets}, {t.branch: [] for t in targets}
+    chosen = None if class_index is None else np.broadcast_to(np.asarray(class_index, np.int64), (count,))
+    for start in range(0, count, batch_size):
+        batch = {n: _to_float(inputs[n][start:start + batch_size]) for n in names}
+        probs = keras.ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
+        probabilities.append(probs)
+        index = probs.argmax(axis=1) if chosen is None else chosen[start:start + len(probs)]
+        for target in targets:
+            fmap = keras.ops.convert_to_numpy(target.features([batch[n] for n in target.feature_inputs],
+                                                              training=False))
+            grads = class_score_gradients(target.head, fmap, [batch[n] for n in target.other_inputs], index)
+            if target.tokens:
+                fmap, grads = tokens_to_grid(fmap, image_size), tokens_to_grid(grads, image_size)
+            raw[target.branch].append(raw_cam(fmap, grads, method))
+            degenerate[target.branch].append(
+                weight_ratio(grads) < DEGENERATE_RATIO if method == "gradcam" else np.zeros(len(grads), bool))
+    probabilities = np.concatenate(probabilities)
+    final_index = probabilities.argmax(axis=1) if chosen is None else np.asarray(chosen)
+    join = lambda parts: {b: np.concatenate(p) for b, p in parts.items()}  # noqa: E731
+    return CamResult(probabilities, final_index, join(raw), targets, method, join(degenerate))
+
+
+def upsample_cams(maps, size):
+    """Resizes raw maps bilinearly to (H, W) and scales each to [0, 1] by its maximum (all-zero maps stay 0).
+
+    Args:
+        maps: (B, h, w) non-negative raw maps.
+        size: (H, W) of the input image.
+    """
+    out = np.zeros((len(maps), *size), np.float32)
+    for i, cam in enumerate(maps):
+        img = Image.fromarray(np.asarray(cam, np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR)
+        resized = np.maximum(np.asarray(img, np.float32), 0.0)
+        peak = resized.max()
+        out[i] = resized / peak if peak > 0 else 0.0
+    return out
+
+
+def cam_mass_in_mask(cam, mask):
+    """Share of the CAM's mass inside the lesion mask (NaN for an all-zero CAM).
+
+    Args:
+        cam: (H, W) non-negative map.
+        mask: (H, W) boolean lesion mask at the same size.
+    """
+    total = float(np.sum(cam))
+    return float(np.sum(cam[np.asarray(mask, bool)]) / total) if total > 0 else float("nan")
+
+
+def pointing_game(cam, mask):
+    """Whether the CAM's maximum falls inside the lesion mask (Zhang et al., 2018); NaN for an all-zero CAM.
+
+    Args:
+        cam: (H, W) map.
+        mask: (H, W) boolean lesion mask at the same size.
+    """
+    if not np.any(cam > 0):
+        return float("nan")
+    return float(np.asarray(mask, bool).flat[int(np.argmax(cam))])
+
+
+def overlay(image, cam, alpha=0.45, cmap="jet"):
+    """Blends a [0, 1] map, coloured with a matplotlib colormap, over a uint8 RGB image.
+
+    Args:
+        image: (H, W, 3) uint8.
+        cam: (H, W) in [0, 1].
+        alpha: weight of the heatmap.
+        cmap: matplotlib colormap name.
+    """
+    import matplotlib
+
+    colours = matplotlib.colormaps[cmap](np.clip(cam, 0, 1))[..., :3] * 255.0
+    return np.clip((1 - alpha) * np.asarray(image, np.float32) + alpha * colours, 0, 255).astype(np.uint8)
+
+
+def plot_cam_grid(rows, column_titles, path, cell=2.2):
+    """Writes a Figure 7-style grid: one row per image, one column per panel (original, then CAM overlays).
+
+    Args:
+        rows: list of (row label, [uint8 RGB panels]).
+        column_titles: one title per column.
+        path: output PNG.
+        cell: inches per panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = len(column_titles)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(cell * n_cols, cell * len(rows)), squeeze=False)
+    for r, (label, panels) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(panels) and panels[c] is not None:
+                ax.imshow(panels[c])
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=8)
+        axes[r, 0].text(-0.04, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right",
+                        fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

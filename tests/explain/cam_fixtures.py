@@ -1,0 +1,43 @@
+"""A small TDBN whose CAMs are well conditioned, shared by the in-process and the cross-backend tests."""
+
+import keras
+import numpy as np
+
+
+def quadrant_images(rng, n, size=64):
+    """Images of four flat-coloured quadrants plus noise: at 64 px the 2x2 tokens differ, as in real images.
+
+    (Uniform noise makes every token alike, and attention over alike tokens has nothing to choose.)
+    """
+    images = rng.normal(0, 20, (n, size, size, 3))
+    half = size // 2
+    for i in range(n):
+        for top in (0, half):
+            for left in (0, half):
+                images[i, top:top + half, left:left + half] += rng.uniform(0, 255, 3)
+    return np.clip(images, 0, 255).astype("float32")
+
+
+def cam_inputs(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"original": quadrant_images(rng, n), "segmented": quadrant_images(rng, n),
+            "metadata": rng.normal(size=(n, 12)).astype("float32"),
+            "metadata_mask": (np.arange(n) % 3 != 1).astype("float32")[:, None]}
+
+
+def calibrated_tdbn(inputs, seed=0):
+    """MobileNetV2-TDBN at 64 px with BatchNorm statistics estimated on `inputs`, as after training.
+
+    An untrained net in inference mode shrinks its activations layer by layer
+    (BN statistics (0, 1)), which leaves class scores and gradients near zero
+    and the maps dominated by round-off.
+    """
+    from skinkeras.models.tdbn import build_tdbn
+    from skinkeras.train import set_batchnorm_momentum
+
+    keras.utils.set_random_seed(seed)
+    model = build_tdbn(7, 64, "mobilenetv2", None, "tdbn", num_features=12)
+    set_batchnorm_momentum(model, 0.0)
+    model(inputs, training=True)  # momentum 0: the moving statistics become these batch statistics
+    set_batchnorm_momentum(model, 0.9)
+    return model

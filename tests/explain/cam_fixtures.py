@@ -25,12 +25,14 @@ def cam_inputs(n=6, seed=0):
             "metadata_mask": (np.arange(n) % 3 != 1).astype("float32")[:, None]}
 
 
-def calibrated_tdbn(inputs, seed=0):
-    """MobileNetV2-TDBN at 64 px with BatchNorm statistics estimated on `inputs`, as after training.
+def calibrated_tdbn(seed=0, n=32):
+    """MobileNetV2-TDBN at 64 px with BatchNorm statistics estimated on `n` images, as after training.
 
     An untrained net in inference mode shrinks its activations layer by layer
     (BN statistics (0, 1)), which leaves class scores and gradients near zero
-    and the maps dominated by round-off.
+    and the maps dominated by round-off. Statistics from a few images are no
+    better: near-constant channels get a tiny variance whose inverse square
+    root amplifies float round-off layer after layer.
     """
     from skinkeras.models.tdbn import build_tdbn
     from skinkeras.train import set_batchnorm_momentum
@@ -38,6 +40,6 @@ def calibrated_tdbn(inputs, seed=0):
     keras.utils.set_random_seed(seed)
     model = build_tdbn(7, 64, "mobilenetv2", None, "tdbn", num_features=12)
     set_batchnorm_momentum(model, 0.0)
-    model(inputs, training=True)  # momentum 0: the moving statistics become these batch statistics
+    model(cam_inputs(n, seed=seed + 100), training=True)  # momentum 0: the moving statistics become these batch statistics
     set_batchnorm_momentum(model, 0.9)
     return model

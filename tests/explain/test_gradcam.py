@@ -72,7 +72,7 @@ def small_tdbn():
     from cam_fixtures import calibrated_tdbn, cam_inputs
 
     inputs = cam_inputs()
-    return calibrated_tdbn(inputs), inputs
+    return calibrated_tdbn(), inputs
 
 
 CLASSES = [0, 3, 6, 1, 2, 5]

@@ -49,7 +49,7 @@ def data_options(func):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli():
-    """skinkeras: Deep-UNet lesion segmentation (and, later, TDBN classification) on JAX, TensorFlow or PyTorch.
+    """skinkeras: Deep-UNet segmentation, TDBN classification and Grad-CAM on JAX, TensorFlow or PyTorch.
 
     The backend is chosen with the KERAS_BACKEND environment variable (jax, tensorflow, torch).
     """
@@ -242,6 +242,66 @@ def bench_cmd(archs, encoders, image_size, batch_size, steps, backends, out):
 
     bench_segmentation(archs, encoders, image_size, batch_size, steps, backends, out or runs.default_run_dir("bench"),
                        echo=click.echo)
+
+
+@cli.command("gradcam")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True,
+              help="RUN/best.keras of cls-train (e.g. the TDBN).")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), default=None,
+              help="Another classifier's .keras shown beside it (e.g. the DenseNet201 baseline).")
+@click.option("--images", type=click.Path(file_okay=False), default=None,
+              help="Explain this image folder (no labels or metadata) instead of the run's split.")
+@click.option("--split", "subset", default="test", show_default=True, help="Split subset of the run: train|val|test.")
+@click.option("--n", default=16, show_default=True, help="Images (a seeded sample); 0 = all.")
+@click.option("--layer", default=None, help="Target layer (default: each encoder's last block), e.g. conv5_block32_concat.")
+@click.option("--class", "class_name", default=None, help="Explain this class (default: the predicted one).")
+@click.option("--method", default="gradcam", show_default=True, help="gradcam | layercam")
+@click.option("--masks", type=click.Path(file_okay=False), default=None,
+              help="Lesion masks (ID_segmentation.png) for the measures; default: the dataset's, else SEGDIR/masks.")
+@click.option("--seg-dir", type=click.Path(file_okay=False), default=None, help="SEGDIR, when not the run's.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--out", default=None, help="Output folder (default runs/gradcam-<timestamp>).")
+@friendly_errors
+def gradcam_cmd(model_path, baseline_path, images, subset, n, layer, class_name, method, masks, seg_dir, batch_size,
+                out):
+    """Grad-CAM overlays, the Figure 7 grid, cams.npz and cam_metrics.json (CAM mass in the lesion, pointing game)."""
+    from skinkeras import runs
+    from skinkeras.explain.report import gradcam_report
+
+    out = out or runs.default_run_dir("gradcam")
+    metrics = gradcam_report(model_path, out, baseline_path, images, subset, n, layer, class_name, masks, seg_dir,
+                             method, batch_size)
+    for label, model in metrics["models"].items():
+        for branch, values in model["branches"].items():
+            mass, point = values["mass_in_lesion"], values["pointing_game"]
+            click.echo(f"{label} ({model['name']}) {branch}: mass in lesion "
+                       f"{'n/a' if mass is None else format(mass, '.3f')}, pointing game "
+                       f"{'n/a' if point is None else format(point, '.3f')} on {values['images_measured']} images")
+    click.echo(f"Masks: {metrics['mask_source'] or 'none found (no measures)'}")
+    click.echo(f"Results: {out}")
+
+
+@cli.command("predict")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--seg-model", type=click.Path(dir_okay=False), required=True, help="Segmentation .keras (seg-train).")
+@click.option("--cls-model", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras of cls-train.")
+@click.option("--age", type=float, default=None, help="Age in years (omit if unknown).")
+@click.option("--sex", default=None, help="male | female (omit if unknown).")
+@click.option("--site", default=None, help="Anatomical site, e.g. back, face, lower extremity (omit if unknown).")
+@click.option("--method", default="gradcam", show_default=True, help="gradcam | layercam")
+@click.option("--out", default=None, help="Write the mask, segmented image, CAM and prediction.json here.")
+@friendly_errors
+def predict_cmd(image, seg_model, cls_model, age, sex, site, method, out):
+    """Segment, classify and explain one dermoscopic image; prints the class probabilities, highest first."""
+    from skinkeras.predict import predict_image
+
+    report = predict_image(image, seg_model, cls_model, age, sex, site, out, method)
+    for name, prob in report["probabilities"].items():
+        click.echo(f"{name:>8s} {prob:.4f}")
+    if not report["metadata_available"]:
+        click.echo("(no metadata given: the metadata branch was masked out)")
+    if out:
+        click.echo(f"Results: {out}")
 
 
 @cli.command("demo")

@@ -332,6 +332,57 @@ def plot_roc(labels, probs, classes, path):
     return path
 
 
+def load_cls_run(model_path):
+    """Loads RUN/best.keras of `cls-train` with its run folder's config, class names and metadata encoder.
+
+    Args:
+        model_path: the `.keras` file inside a cls-train run folder.
+
+    Returns:
+        (model, ClsTrainConfig, class names, MetadataEncoder, run folder).
+    """
+    from skinkeras.config import ClsTrainConfig, from_json
+    from skinkeras.data.metadata import MetadataEncoder
+    from skinkeras.train import dataset_classes
+
+    run_dir = os.path.dirname(os.path.abspath(model_path))
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise FileNotFoundError(f"{run_dir} has no config.json: give the best.keras inside a cls-train run folder")
+    model = load_model(model_path)
+    cfg = from_json(ClsTrainConfig, os.path.join(run_dir, "config.json"))
+    encoder = MetadataEncoder.from_dict(runs.read_json(os.path.join(run_dir, "metadata_encoder.json")))
+    return model, cfg, dataset_classes(cfg.dataset), encoder, run_dir
+
+
+def cls_records(cfg, run_dir, subset="test", data_dir=None, images=None, seg_dir=None):
+    """Labelled records of a run's split subset, or of all images of another dataset folder.
+
+    Args:
+        cfg: the run's `ClsTrainConfig`.
+        run_dir: the run folder (its split.csv).
+        subset: train, val or test.
+        data_dir: another dataset folder (all its images) instead of the split.
+        images: image folder(s) of that dataset.
+        seg_dir: segmented images of that dataset (default: the run's).
+
+    Returns:
+        (records DataFrame, problems [(path, reason)], description of the source).
+    """
+    import dataclasses
+
+    from skinkeras.data import classification as cls_data
+    from skinkeras.train import load_cls_records
+
+    if data_dir or images:
+        cfg = dataclasses.replace(cfg, data_dir=data_dir, images=images, seg_dir=seg_dir or cfg.seg_dir)
+        df, problems = load_cls_records(cfg)
+        return df, problems, f"all images of {data_dir or images}"
+    df, problems = load_cls_records(cfg)
+    df, more = cls_data.apply_split(df, cls_data.read_split(os.path.join(run_dir, "split.csv")))
+    df = df[df.subset == subset].reset_index(drop=True)
+    return df, list(problems) + list(more), f"the {subset} split of {run_dir}"
+
+
 def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir=None, batch_size=16, progress=True):
     """Evaluates a classifier on its run's test split (or another labelled set) in the ISIC formats.
 
@@ -350,32 +401,12 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
         batch_size: prediction batch size.
         progress: show progress bars.
     """
-    import dataclasses
-
-    from skinkeras.config import ClsTrainConfig, from_json
-    from skinkeras.data import classification as cls_data
-    from skinkeras.data.metadata import MetadataEncoder
     from skinkeras.data.pipeline import ClassificationDataset
     from skinkeras.metrics import classification_scores
-    from skinkeras.train import cls_arrays, dataset_classes, load_cls_records, model_input_names
+    from skinkeras.train import cls_arrays, model_input_names
 
-    run_dir = os.path.dirname(os.path.abspath(model_path))
-    if not os.path.isfile(os.path.join(run_dir, "config.json")):
-        raise FileNotFoundError(f"{run_dir} has no config.json: give the best.keras inside a cls-train run folder")
-    model = load_model(model_path)
-    cfg = from_json(ClsTrainConfig, os.path.join(run_dir, "config.json"))
-    classes = dataset_classes(cfg.dataset)
-    encoder = MetadataEncoder.from_dict(runs.read_json(os.path.join(run_dir, "metadata_encoder.json")))
-    if data_dir or images:
-        cfg = dataclasses.replace(cfg, data_dir=data_dir, images=images, seg_dir=seg_dir or cfg.seg_dir)
-        df, problems = load_cls_records(cfg)
-        source = f"all images of {data_dir or images}"
-    else:
-        df, problems = load_cls_records(cfg)
-        df, more = cls_data.apply_split(df, cls_data.read_split(os.path.join(run_dir, "split.csv")))
-        df = df[df.subset == subset].reset_index(drop=True)
-        problems = list(problems) + list(more)
-        source = f"the {subset} split of {run_dir}"
+    model, cfg, classes, encoder, run_dir = load_cls_run(model_path)
+    df, problems, source = cls_records(cfg, run_dir, subset, data_dir, images, seg_dir)
     if df.empty:
         raise ValueError(f"No images to evaluate in {source}")
     os.makedirs(out, exist_ok=True)

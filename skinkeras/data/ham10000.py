@@ -18,6 +18,8 @@ CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 METADATA_CSV = "HAM10000_metadata.csv"
 # Official archive: two part folders; many copies (and the shared data) merge them into one.
 IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images")
+# Ground-truth lesion masks of all HAM10000 images (Tschandl et al., 2020), ID_segmentation.png.
+MASK_FOLDER = "HAM10000_segmentations_lesion_tschandl"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx", "age", "sex", "localization")
 
 

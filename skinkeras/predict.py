@@ -1,0 +1,95 @@
+"""The whole pipeline on one dermoscopic image: Deep-UNet mask -> segmented image -> classifier -> CAM."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from skinkeras import runs
+
+
+def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None, site=None, out=None,
+                  method="gradcam", layer=None):
+    """Segments, classifies and explains one image of any size (JPEG, PNG, ...).
+
+    Writes into `out` (when given): ID_segmentation.png (the mask at the
+    image's size, ISIC format), ID_segmented.jpg, ID_cam.png (image, mask and
+    one CAM overlay per branch at the classifier's input size) and
+    prediction.json.
+
+    Args:
+        image_path: the image.
+        seg_model_path: segmentation model (.keras of `seg-train`).
+        cls_model_path: RUN/best.keras of `cls-train` (its run folder gives the classes and metadata encoder).
+        age: years, or None (unknown).
+        sex: "male" / "female", or None.
+        site: anatomical site (unified, HAM10000 or ISIC 2019 name), or None.
+        out: output folder, or None to write nothing.
+        method: "gradcam" or "layercam".
+        layer: CAM target layer (default: each encoder's last block).
+
+    Returns:
+        dict with the sorted class probabilities, the explained class, and the files written.
+    """
+    from skinkeras.data.metadata import sample_availability
+    from skinkeras.data.pipeline import read_rgb, resize_rgb
+    from skinkeras.evaluate import (
+        load_cls_run,
+        load_model,
+        mask_name,
+        model_image_size,
+        probability_to_mask,
+        segmented_image,
+    )
+    from skinkeras.explain.gradcam import grad_cam, overlay, upsample_cams
+    from skinkeras.train import model_input_names, predict_masks
+
+    image = read_rgb(image_path)  # ImageReadError: one line naming the file
+    cls_model, _, classes, encoder, _ = load_cls_run(cls_model_path)
+    features, avail = encoder.encode_one(age, sex, site)  # unknown sex / site: one line listing the valid values
+    seg_model = load_model(seg_model_path)
+    prob = predict_masks(seg_model, resize_rgb(image, model_image_size(seg_model))[None], 1)[0]
+    mask = probability_to_mask(prob, image.shape[:2])
+    segmented = segmented_image(image, mask)
+
+    size = model_image_size(cls_model)
+    views = {"original": resize_rgb(image, size)[None], "segmented": resize_rgb(segmented, size)[None]}
+    inputs = {"metadata": features, "metadata_mask": sample_availability(avail)}
+    inputs.update({k: v for k, v in views.items()})
+    inputs = {k: v for k, v in inputs.items() if k in model_input_names(cls_model)}
+    result = grad_cam(cls_model, inputs, layer=layer, method=method)
+    probs = result.probabilities[0]
+    ranking = [(classes[i], float(probs[i])) for i in np.argsort(-probs)]
+    report = {
+        "image": os.path.abspath(image_path),
+        "probabilities": dict(ranking),
+        "predicted": ranking[0][0],
+        "explained_class": classes[int(result.class_index[0])],
+        "metadata_available": bool(avail.any()),
+        "lesion_fraction": float(mask.mean()),
+        "cam_method": method,
+        "files": {},
+    }
+    if out:
+        os.makedirs(out, exist_ok=True)
+        image_id = os.path.splitext(os.path.basename(image_path))[0]
+        files = {"mask": os.path.join(out, mask_name(image_id)),
+                 "segmented": os.path.join(out, f"{image_id}_segmented.jpg"),
+                 "cam": os.path.join(out, f"{image_id}_cam.png")}
+        Image.fromarray(mask.astype(np.uint8) * 255).save(files["mask"])
+        Image.fromarray(segmented).save(files["segmented"], quality=95)
+        small_mask = np.repeat(resize_rgb(np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1), size)[..., :1], 3, -1)
+        panels = [views["original"][0], small_mask]
+        for target in result.targets:
+            cam = upsample_cams(result.raw[target.branch], size)[0]
+            panels.append(overlay(views[_drawn_on(target.branch)][0], cam))
+        Image.fromarray(np.concatenate(panels, axis=1)).save(files["cam"])
+        report["files"] = files
+        report["cam_panels"] = ["image", "mask"] + [t.branch for t in result.targets]
+        runs.write_json(os.path.join(out, "prediction.json"), report)
+    return report
+
+
+def _drawn_on(branch):
+    """The view a branch's CAM is drawn over: the segmented branch over the segmented image."""
+    return "segmented" if branch == "segmented" else "original"

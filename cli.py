@@ -310,12 +310,16 @@ def predict_cmd(image, seg_model, cls_model, age, sex, site, method, out):
 @click.option("--epochs", default=6, show_default=True)
 @click.option("--image-size", default=96, show_default=True)
 @click.option("--encoder", default="efficientnetb0", show_default=True)
+@click.option("--cls-encoder", default="mobilenetv2", show_default=True, help="Both TDBN branches and the baseline.")
+@click.option("--cls-image-size", default=64, show_default=True)
+@click.option("--cls-epochs", default=4, show_default=True)
 @friendly_errors
-def demo_cmd(out, n, epochs, image_size, encoder):
-    """make-synthetic, seg-train, seg-eval and segment on a synthetic set, with small settings."""
+def demo_cmd(out, n, epochs, image_size, encoder, cls_encoder, cls_image_size, cls_epochs):
+    """The whole pipeline on a synthetic set with small settings: segmentation, classification, Grad-CAM, predict."""
     from skinkeras.demo import run_demo
 
-    run_demo(out, n=n, epochs=epochs, image_size=image_size, encoder=encoder, echo=click.echo)
+    run_demo(out, n=n, epochs=epochs, image_size=image_size, encoder=encoder, cls_encoder=cls_encoder,
+             cls_image_size=cls_image_size, cls_epochs=cls_epochs, echo=click.echo)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,8 @@ def _split(model, cut, branch, layer_name, head_cut=None, head_prefix=None):
         head_cut: outer tensor where the head starts (defaults to `cut`).
         head_prefix: callable map -> head_cut value, for maps inside a nested encoder.
     """
+    if len(cut.shape) not in (3, 4):
+        raise ValueError(f"Grad-CAM needs a (B, h, w, C) map or (B, T, D) tokens; {layer_name!r} gives {cut.shape}")
     scores = _scores_tensor(model)
     feature_inputs = _upstream_inputs(cut, model)
     head_cut = cut if head_cut is None else head_cut
@@ -172,14 +174,12 @@ def _split(model, cut, branch, layer_name, head_cut=None, head_prefix=None):
         fmap = keras.Input(tuple(cut.shape[1:]), name=f"{branch}_cam_map")
         others = [keras.Input(tuple(by_name[n].shape[1:]), name=f"{branch}_cam_{n}") for n in other_inputs]
         head = keras.Model([fmap, *others], rest([head_prefix(fmap), *others]), name=f"{branch}_cam_head")
-    tokens = len(cut.shape) == 3
-    if len(cut.shape) not in (3, 4):
-        raise ValueError(f"Grad-CAM needs a (B, h, w, C) map or (B, T, D) tokens; {layer_name!r} gives {cut.shape}")
-    return CamTarget(branch, layer_name, features, feature_inputs, head, other_inputs, tokens)
+    return CamTarget(branch, layer_name, features, feature_inputs, head, other_inputs, len(cut.shape) == 3)
 
 
 def _image_branch(model, tensor, layer_name):
-    images = [n for n in _upstream_inputs(tensor, model) if len(dict((t.name, t) for t in model.inputs)[n].shape) == 4]
+    ranks = {t.name: len(t.shape) for t in model.inputs}
+    images = [n for n in _upstream_inputs(tensor, model) if ranks[n] == 4]
     if len(images) != 1:
         raise ValueError(f"Layer {layer_name!r} depends on {len(images)} image inputs; Grad-CAM needs a layer of one "
                          "image branch")
@@ -194,6 +194,10 @@ def cam_targets(model, layer=None):
     ViT block's tokens. `layer` may name a top-level layer of the model or a
     layer inside its encoders (e.g. "conv5_block16_concat" of DenseNet201);
     inside the TDBN that gives one target per encoder.
+
+    The split models share the classifier's layers and weights. Building them
+    adds call nodes to those layers, which Keras cannot serialise: save a
+    model before taking its CAMs, not after.
 
     Args:
         model: functional classifier of this project (TDBN variant or Table 2 baseline).

@@ -311,7 +311,8 @@ def _to_float(array):
     return np.asarray(array, np.float32)
 
 
-def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=None, method="gradcam"):
+def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=None, method="gradcam",
+             progress=False):
     """Computes raw Grad-CAM maps for every image branch of `model`.
 
     Args:
@@ -322,6 +323,7 @@ def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=
         batch_size: samples per gradient call.
         targets: precomputed `cam_targets(model, layer)` (reused across calls).
         method: "gradcam" or "layercam" (see `raw_cam`).
+        progress: show a progress bar over images.
 
     Returns:
         `CamResult`.
@@ -337,6 +339,7 @@ def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=
     image_size = next(tuple(t.shape[1:3]) for t in model.inputs if len(t.shape) == 4)
     probabilities, raw, degenerate = [], {t.branch: [] for t in targets}, {t.branch: [] for t in targets}
     chosen = None if class_index is None else np.broadcast_to(np.asarray(class_index, np.int64), (count,))
+    bar = keras.utils.Progbar(count, unit_name="image") if progress else None
     for start in range(0, count, batch_size):
         batch = {n: _to_float(inputs[n][start:start + batch_size]) for n in names}
         probs = keras.ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
@@ -351,6 +354,8 @@ def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=
             raw[target.branch].append(raw_cam(fmap, grads, method))
             degenerate[target.branch].append(
                 weight_ratio(grads) < DEGENERATE_RATIO if method == "gradcam" else np.zeros(len(grads), bool))
+        if bar is not None:
+            bar.update(min(start + batch_size, count))
     probabilities = np.concatenate(probabilities)
     final_index = probabilities.argmax(axis=1) if chosen is None else np.asarray(chosen)
     join = lambda parts: {b: np.concatenate(p) for b, p in parts.items()}  # noqa: E731

@@ -184,7 +184,10 @@ def gradcam_report(model_path, out, baseline_path=None, images=None, subset="tes
     summary = {}
     for label, (model, arrays) in loaded.items():
         subset_arrays = {k: v[kept] for k, v in arrays.items()}
-        result = grad_cam(model, subset_arrays, class_index, layer, batch_size, cam_targets(model, layer), method)
+        if progress:
+            print(f"{method} of {label} ({model.name}) on {len(df)} images")
+        result = grad_cam(model, subset_arrays, class_index, layer, batch_size, cam_targets(model, layer), method,
+                          progress)
         per_image[f"{label}_predicted"] = [classes[i] for i in result.probabilities.argmax(axis=1)]
         per_image[f"{label}_explained"] = [classes[i] for i in result.class_index]
         summary[label] = {"path": os.path.abspath(labelled[label]), "name": model.name, "branches": {}}

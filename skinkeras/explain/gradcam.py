@@ -58,7 +58,7 @@ class CamResult:
         raw: branch -> (B, h, w) non-negative maps at feature resolution.
         targets: the `CamTarget`s used.
         method: "gradcam" or "layercam".
-        degenerate: branch -> (B,) bool, Grad-CAM weights that were round-off (their maps are zero).
+        degenerate: branch -> (B,) bool, maps that were round-off (`degenerate_maps`; drawn as zeros).
     """
 
     probabilities: np.ndarray
@@ -262,6 +262,8 @@ def tokens_to_grid(tokens, image_size):
 METHODS = ("gradcam", "layercam")
 # Below this ratio the Grad-CAM channel weights are float round-off (see `weight_ratio`).
 DEGENERATE_RATIO = 1e-4
+# A map whose first-order effect on the class score is below this share of the score carries no signal.
+NEGLIGIBLE_EFFECT = 1e-5
 
 
 def weight_ratio(gradients):
@@ -284,13 +286,32 @@ def weight_ratio(gradients):
     return np.where(spread > 0, np.linalg.norm(g.mean(axis=(1, 2)), axis=1) / np.maximum(spread, 1e-300), 0.0)
 
 
+def degenerate_maps(feature_map, gradients, scores, method="gradcam"):
+    """(B,) bool: maps that would only show round-off, drawn as zeros and left out of the measures.
+
+    A map is degenerate when the map's first-order effect on the class score,
+    sum |g * A|, is below NEGLIGIBLE_EFFECT of |score| (the gradient vanished,
+    e.g. behind a saturated softmax; what is left is underflow noise), or, for
+    Grad-CAM, when `weight_ratio` is below DEGENERATE_RATIO (the weights cancel).
+
+    Args:
+        feature_map: (B, h, w, C) activations A.
+        gradients: (B, h, w, C) gradient g of the class score.
+        scores: (B,) class scores.
+        method: "gradcam" or "layercam".
+    """
+    effect = np.abs(gradients.astype(np.float64) * feature_map.astype(np.float64)).sum(axis=(1, 2, 3))
+    negligible = effect <= NEGLIGIBLE_EFFECT * np.abs(np.asarray(scores, np.float64))
+    if method == "gradcam":
+        negligible |= weight_ratio(gradients) < DEGENERATE_RATIO
+    return negligible
+
+
 def raw_cam(feature_map, gradients, method="gradcam"):
     """Class activation map at feature resolution.
 
-    "gradcam" (Selvaraju et al., 2017): ReLU(sum_c mean_hw(dy/dA_c) * A_c);
-    samples whose weights are round-off (`weight_ratio` below
-    DEGENERATE_RATIO) get an all-zero map. "layercam" (Jiang et al., 2021):
-    ReLU(sum_c ReLU(dy/dA_c[h, w]) * A_c[h, w]).
+    "gradcam" (Selvaraju et al., 2017): ReLU(sum_c mean_hw(dy/dA_c) * A_c).
+    "layercam" (Jiang et al., 2021): ReLU(sum_c ReLU(dy/dA_c[h, w]) * A_c[h, w]).
 
     Args:
         feature_map: (B, h, w, C) activations A.
@@ -302,9 +323,7 @@ def raw_cam(feature_map, gradients, method="gradcam"):
     fmap, g = feature_map.astype(np.float64), gradients.astype(np.float64)
     if method == "layercam":
         return np.maximum(np.sum(np.maximum(g, 0.0) * fmap, axis=-1), 0.0).astype(np.float32)
-    cam = np.maximum(np.einsum("bhwc,bc->bhw", fmap, g.mean(axis=(1, 2))), 0.0)
-    cam[weight_ratio(gradients) < DEGENERATE_RATIO] = 0.0
-    return cam.astype(np.float32)
+    return np.maximum(np.einsum("bhwc,bc->bhw", fmap, g.mean(axis=(1, 2))), 0.0).astype(np.float32)
 
 
 def _to_float(array):
@@ -348,12 +367,13 @@ def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=
         for target in targets:
             fmap = keras.ops.convert_to_numpy(target.features([batch[n] for n in target.feature_inputs],
                                                               training=False))
-            grads = class_score_gradients(target.head, fmap, [batch[n] for n in target.other_inputs], index)
+            grads, scores = class_score_gradients(target.head, fmap, [batch[n] for n in target.other_inputs], index)
             if target.tokens:
                 fmap, grads = tokens_to_grid(fmap, image_size), tokens_to_grid(grads, image_size)
-            raw[target.branch].append(raw_cam(fmap, grads, method))
-            degenerate[target.branch].append(
-                weight_ratio(grads) < DEGENERATE_RATIO if method == "gradcam" else np.zeros(len(grads), bool))
+            maps, flat = raw_cam(fmap, grads, method), degenerate_maps(fmap, grads, scores, method)
+            maps[flat] = 0.0
+            raw[target.branch].append(maps)
+            degenerate[target.branch].append(flat)
         if bar is not None:
             bar.update(min(start + batch_size, count))
     probabilities = np.concatenate(probabilities)

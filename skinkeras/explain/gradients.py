@@ -11,7 +11,7 @@ import numpy as np
 
 
 def class_score_gradients(head, feature_map, others, class_index):
-    """Returns d(sum_b logits[b, class_index[b]]) / d(feature_map) as a numpy array shaped like `feature_map`.
+    """Returns (d(sum_b scores[b, class_index[b]]) / d(feature_map), the (B,) scores), both numpy.
 
     The sum over the batch gives every sample the gradient of its own class
     score: in inference mode (BatchNorm statistics, no dropout) the samples do
@@ -29,7 +29,8 @@ def class_score_gradients(head, feature_map, others, class_index):
         raise RuntimeError(f"Grad-CAM supports the jax, tensorflow and torch backends, not {backend!r}")
     class_index = np.asarray(class_index, np.int32).reshape(-1)
     feature_map = np.asarray(feature_map, np.float32)
-    return np.asarray(functions[backend](head, feature_map, [np.asarray(o) for o in others], class_index))
+    grads, scores = functions[backend](head, feature_map, [np.asarray(o) for o in others], class_index)
+    return np.asarray(grads), np.asarray(scores, np.float32).reshape(-1)
 
 
 def _jax_gradients(head, feature_map, others, class_index):
@@ -44,9 +45,11 @@ def _jax_gradients(head, feature_map, others, class_index):
     # jax.grad differentiates a pure function: stateless_call runs the head on explicit variable values.
     def score(fmap):
         scores, _ = head.stateless_call(trainable, non_trainable, [fmap, *rest], training=False)
-        return jnp.sum(jnp.take_along_axis(scores.astype("float32"), index, axis=1))
+        chosen = jnp.take_along_axis(scores.astype("float32"), index, axis=1)
+        return jnp.sum(chosen), chosen
 
-    return jax.device_get(jax.grad(score)(jnp.asarray(feature_map)))
+    grads, chosen = jax.grad(score, has_aux=True)(jnp.asarray(feature_map))
+    return jax.device_get(grads), jax.device_get(chosen)
 
 
 def _tf_gradients(head, feature_map, others, class_index):
@@ -57,8 +60,9 @@ def _tf_gradients(head, feature_map, others, class_index):
     with tf.GradientTape() as tape:
         tape.watch(fmap)
         scores = tf.cast(head([fmap, *rest], training=False), tf.float32)
-        score = tf.reduce_sum(tf.gather(scores, class_index, axis=1, batch_dims=1))
-    return tape.gradient(score, fmap).numpy()
+        chosen = tf.gather(scores, class_index, axis=1, batch_dims=1)
+        score = tf.reduce_sum(chosen)
+    return tape.gradient(score, fmap).numpy(), chosen.numpy()
 
 
 def _torch_gradients(head, feature_map, others, class_index):
@@ -68,6 +72,6 @@ def _torch_gradients(head, feature_map, others, class_index):
     rest = [keras.ops.convert_to_tensor(o) for o in others]
     scores = head([fmap, *rest], training=False).float()
     index = torch.as_tensor(class_index, dtype=torch.long, device=scores.device)[:, None]
-    score = torch.gather(scores, 1, index).sum()
-    (grad,) = torch.autograd.grad(score, fmap)
-    return grad.detach().cpu().numpy()
+    chosen = torch.gather(scores, 1, index)
+    (grad,) = torch.autograd.grad(chosen.sum(), fmap)
+    return grad.detach().cpu().numpy(), chosen.detach().cpu().numpy()

@@ -10,6 +10,7 @@ from skinkeras.explain.gradcam import (
     pointing_game,
     raw_cam,
     tokens_to_grid,
+    degenerate_maps,
     upsample_cams,
     weight_ratio,
 )
@@ -79,3 +80,13 @@ def test_layercam_weights_each_position_by_its_own_positive_gradient():
     assert weight_ratio(np.abs(grads))[0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="valid: gradcam, layercam"):
         raw_cam(fmap, grads, "cam++")
+
+
+def test_degenerate_maps_flags_cancelling_weights_and_vanished_gradients():
+    fmap = np.ones((3, 2, 2, 1))
+    grads = np.stack([np.array([1.0, -1.0, 2.0, -2.0]),  # weights cancel: Grad-CAM has nothing, LayerCAM has
+                      np.array([1e-27, -3e-27, 2e-27, 5e-28]),  # underflow noise behind a saturated softmax
+                      np.array([0.5, 0.2, 0.1, 0.3])]).reshape(3, 2, 2, 1)
+    scores = np.array([2.0, 2.0, 2.0])
+    assert degenerate_maps(fmap, grads, scores, "gradcam").tolist() == [True, True, False]
+    assert degenerate_maps(fmap, grads, scores, "layercam").tolist() == [False, True, False]

@@ -23,6 +23,7 @@ from skinkeras.explain.gradients import class_score_gradients
 
 LOGITS = "logits"
 BRANCH_ENCODERS = ("original", "segmented")
+CROSS_ATTENTION = "cross_attention"  # TDBN: original tokens = query and value, segmented tokens = key
 
 
 @dataclass
@@ -37,6 +38,8 @@ class CamTarget:
         head: model [target map, *other inputs] -> class scores (pre-softmax).
         other_inputs: the model input names `head` takes after the map, in order.
         tokens: whether the map is (B, T, D) tokens (ViT) rather than (B, h, w, C).
+        keys_only: whether the map reaches the score only as attention keys (the TDBN's segmented branch),
+            where Grad-CAM's weights are zero by construction (see `weight_ratio`).
     """
 
     branch: str
@@ -46,6 +49,7 @@ class CamTarget:
     head: keras.Model
     other_inputs: tuple
     tokens: bool = False
+    keys_only: bool = False
 
 
 @dataclass
@@ -187,6 +191,15 @@ def _image_branch(model, tensor, layer_name):
 
 
 def cam_targets(model, layer=None):
+    """Finds the Grad-CAM targets of a classifier (see `_find_targets`), marking the TDBN's key-only branch."""
+    targets = _find_targets(model, layer)
+    if any(lay.name == CROSS_ATTENTION for lay in model.layers):
+        for target in targets:
+            target.keys_only = target.branch == "segmented"
+    return targets
+
+
+def _find_targets(model, layer=None):
     """Finds the Grad-CAM targets of a classifier: one per image branch.
 
     Default: the output of each nested encoder (`original_encoder`,
@@ -212,7 +225,7 @@ def cam_targets(model, layer=None):
             return [_split(model, cut, b, f"{b}_encoder") for b, cut in cuts]
         blocks = [n for n in names if n.startswith("vit_block")]
         if blocks:
-            return cam_targets(model, max(blocks, key=lambda n: int(n[len("vit_block"):])))
+            return _find_targets(model, max(blocks, key=lambda n: int(n[len("vit_block"):])))
         raise ValueError(f"{model.name!r} has no {'/'.join(b + '_encoder' for b in BRANCH_ENCODERS)} layer; "
                          "name the target with --layer")
     if layer in names:
@@ -371,6 +384,8 @@ def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=
             if target.tokens:
                 fmap, grads = tokens_to_grid(fmap, image_size), tokens_to_grid(grads, image_size)
             maps, flat = raw_cam(fmap, grads, method), degenerate_maps(fmap, grads, scores, method)
+            if method == "gradcam" and target.keys_only:
+                flat[:] = True  # zero weights in exact arithmetic; whatever survives is round-off
             maps[flat] = 0.0
             raw[target.branch].append(maps)
             degenerate[target.branch].append(flat)

@@ -100,6 +100,7 @@ def test_segmented_branch_gradcam_is_degenerate_and_layercam_is_not(small_tdbn):
     # are round-off. They are reported as degenerate and drawn as zero maps, never as amplified noise.
     model, inputs = small_tdbn
     result = grad_cam(model, inputs, class_index=CLASSES)
+    assert [t.keys_only for t in result.targets] == [False, True]
     assert result.degenerate["segmented"].all()
     assert (result.raw["segmented"] == 0).all()
     layer = grad_cam(model, inputs, class_index=CLASSES, method="layercam")

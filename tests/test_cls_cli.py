@@ -1,4 +1,5 @@
-"""Classification end to end on synthetic HAM10000 (torch-speed core tests): cls-train, cls-eval, the scorer."""
+"""Classification end to end on synthetic HAM10000 (torch-speed core tests): cls-train, cls-eval, the scorer, and
+a classifier that generalises to unseen lesions."""
 
 import json
 import os
@@ -46,6 +47,31 @@ def tdbn_run(ham, tmp_path_factory):
     return run
 
 
+# Generalising needs more data than `ham`: 1200 images with the real class mix (nv 65%, df 1.5%), balanced
+# epochs of 40 images per class (nv capped, df / vasc repeated), the single-encoder original-image ablation (half
+# the TDBN's cost) at 48 px, 10 epochs of 18 steps with the learning rate halved every 4.
+LEARN_TOML = """
+balance_cap = 40
+balance_floor = 40
+lr_step_epochs = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory):
+    from skinkeras.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("learn")
+    data = make_synthetic(root, n=1200, seed=0, image_size=(96, 72), datasets=("ham10000",))["ham10000"]
+    config = root / "learn.toml"
+    config.write_text(LEARN_TOML)
+    run = root / "original_only"
+    ok("cls-train", "--data-dir", data, "--variant", "original_only", "--config", config, "--epochs", 10,
+       "--lr", "2e-3", "--encoder", "mobilenetv2", "--weights", "none", "--image-size", 48, "--batch-size", 16,
+       "--out", run)
+    return run
+
+
 def test_run_folder_and_lesion_grouped_split(tdbn_run):
     for name in ("config.json", "env.json", "classes.json", "metadata_encoder.json", "split.csv", "best.keras",
                  "last.keras", "history.csv", "class_distribution.png", "training_curves.png", "metrics.json"):
@@ -58,9 +84,10 @@ def test_run_folder_and_lesion_grouped_split(tdbn_run):
 
 
 def test_tdbn_fits_the_training_set(tdbn_run):
-    # Generalising to unseen lesions needs more data than a test can train on here (validation balanced
-    # accuracy stays near chance with ~110 training images); fitting the training images shows the whole
-    # path (both encoders, cross-attention, metadata, fusion, balancing) learns. Chance is 1/7 = 0.143.
+    # With ~110 training images the TDBN tells the training lesions apart by their metadata (age, sex, site:
+    # shuffling it takes training balanced accuracy from 0.67 to 0.11) and validation stays near chance;
+    # generalising is tested on `learned_run` below. Fitting the training images shows the whole path (both
+    # encoders, cross-attention, metadata, fusion, balancing) learns. Chance is 1/7 = 0.143.
     history = pd.read_csv(tdbn_run / "history.csv")
     assert history.loss.iloc[-1] < 0.8 * history.loss.iloc[0]
     assert history.balanced_accuracy.iloc[-1] > 0.4, history.balanced_accuracy.tolist()
@@ -92,12 +119,31 @@ def test_cls_eval_matches_the_official_scorer(tdbn_run, tmp_path):
                                                                     abs=1e-9), column
 
 
-def test_baseline_and_ablation_take_only_their_inputs(ham, tmp_path):
-    run = tmp_path / "orig"
-    ok("cls-train", "--data-dir", ham["data"], "--variant", "original_only", "--epochs", 1, "--limit", 60,
-       "--out", run, *SMALL)
-    assert (run / "best.keras").is_file()
-    assert json.loads((run / "config.json").read_text())["variant"] == "original_only"
+def test_classifier_generalises_to_unseen_lesions(learned_run, tmp_path):
+    # Lesion-grouped split: validation and test lesions are never seen in training. Chance is 1/7 = 0.143, and a
+    # net that learned nothing predicts one class, which scores exactly that (validation does for the first 3
+    # epochs, while the BatchNorm moving statistics lag the weights). With ~3 df and ~3 vasc images in each of
+    # validation and test, one image moves the balanced accuracy by ~0.05, so validation is averaged over the
+    # last 3 epochs. Measured (torch, data and training seeds 0 / 1 / 2): validation 0.55 / 0.40 / 0.57,
+    # held-out test 0.62 / 0.43 / 0.59, test macro AUC 0.92 / 0.87 / 0.90.
+    history = pd.read_csv(learned_run / "history.csv")
+    assert history.val_balanced_accuracy.iloc[-3:].mean() > 0.3, history.val_balanced_accuracy.tolist()
+    assert json.loads((learned_run / "metrics.json").read_text())["subset_images"]["val"] > 150
+    # best.keras is chosen on validation; the test split played no part in training or in that choice.
+    out = tmp_path / "eval"
+    ok("cls-eval", "--model", learned_run / "best.keras", "--out", out)
+    test = json.loads((out / "metrics.json").read_text())
+    assert test["balanced_accuracy"] > 0.3, test
+    assert test["auc_macro"] > 0.75, test
+
+
+def test_baseline_and_ablation_take_only_their_inputs(ham, learned_run, tmp_path):
+    import keras
+
+    # The original-image ablation trained without --seg-dir and takes the original image only.
+    assert json.loads((learned_run / "config.json").read_text())["variant"] == "original_only"
+    model = keras.models.load_model(learned_run / "best.keras", compile=False)
+    assert [t.name for t in model.inputs] == ["original"]
     run = tmp_path / "mobilenet"
     output = ok("cls-train", "--data-dir", ham["data"], "--arch", "mobilenetv2", "--epochs", 1, "--limit", 60,
                 "--split", "image", "--out", run, *SMALL)

@@ -35,6 +35,45 @@ def friendly_errors(func):
     return wrapper
 
 
+def options(*decorators):
+    """Applies a group of click options in the order they are listed (shown in that order by --help)."""
+
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def train_options(func):
+    """Options every training command shares (they become `TrainConfig` fields)."""
+    return options(
+        click.option("--encoder", default=None, help="Encoder table name."),
+        click.option("--weights", default=None, help="imagenet (default) | none | PATH to encoder weights."),
+        click.option("--image-size", type=int, default=None, help="Square input size."),
+        click.option("--epochs", type=int, default=None, help="Training epochs (with --resume: the new total)."),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate (default 1e-4)."),
+        click.option("--limit", type=int, default=None, help="Use N items of a seeded order."),
+        click.option("--seed", type=int, default=None, help="Default 0."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="experiments/*.toml with values that differ from the defaults."),
+        click.option("--out", default=None, help="Run folder (default runs/<command>-<timestamp>)."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the run in --out from its last.keras with its saved config."),
+    )(func)
+
+
+def train_config(cls, config_file, resume, **values):
+    """Options -> a training config; with --resume only --out and --epochs count (the run's config is reused)."""
+    from skinkeras.config import resolve
+
+    if resume and not values.get("out"):
+        raise ValueError("--resume needs --out RUN_DIR of the run to continue")
+    return resolve(cls, config_file, **values)
+
+
 def data_options(func):
     """--data-dir | --images/--masks, --limit: shared by every command that reads a labelled set."""
     func = click.option("--limit", type=int, default=None, help="Use the first N pairs of a seeded order.")(func)
@@ -70,43 +109,26 @@ def make_synthetic_cmd(out, n, seed):
 
 
 @cli.command("seg-train")
-@data_options
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="ISIC 2018 Task 1 folder in the official layout.")
+@click.option("--images", type=click.Path(file_okay=False), default=None, help="Plain image folder, instead of --data-dir.")
+@click.option("--masks", type=click.Path(file_okay=False), default=None,
+              help="Mask folder (ID_segmentation.png, ID_lesion.png, ID.png).")
 @click.option("--arch", default=None, help="deep_unet (default) | unet | unetpp | deeplabv3plus")
-@click.option("--encoder", default=None, help="Encoder table name (default efficientnetb3).")
-@click.option("--weights", default=None, help="imagenet (default) | none | PATH to encoder weights.")
-@click.option("--image-size", type=int, default=None, help="Square input size, multiple of 32 (default 224).")
-@click.option("--epochs", type=int, default=None, help="Default 12.")
-@click.option("--batch-size", type=int, default=None, help="Default 32.")
-@click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate (default 1e-4).")
-@click.option("--seed", type=int, default=None, help="Default 0.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="experiments/*.toml with values that differ from the defaults.")
-@click.option("--out", default=None, help="Run folder (default runs/seg-train-<timestamp>).")
-@click.option("--resume", is_flag=True,
-              help="Continue the run in --out from its last.keras with its saved config (--epochs sets a new total).")
+@train_options
 @friendly_errors
-def seg_train_cmd(config_file, resume, **options):
+def seg_train_cmd(config_file, resume, **values):
     """Train a segmentation model (paper 4.1) and write its run folder."""
-    from skinkeras.config import SegTrainConfig, resolve
-    from skinkeras.models.encoders import encoder_spec
-    from skinkeras.models.seg_baselines import SEG_ARCHS
-    from skinkeras.train import train_segmentation
+    from skinkeras.config import SegTrainConfig
+    from skinkeras.segmentation.train import train_segmentation
 
-    resume_epochs = options["epochs"] if resume else None
-    cfg = resolve(SegTrainConfig, config_file, **options)
-    if cfg.arch not in SEG_ARCHS:
-        raise ValueError(f"Unknown --arch {cfg.arch!r}; valid: {', '.join(SEG_ARCHS)}")
-    encoder_spec(cfg.encoder)
-    if resume and not cfg.out:
-        raise ValueError("--resume needs --out RUN_DIR of the run to continue")
-    if not resume and cfg.data_dir is None and cfg.images is None:
-        raise ValueError("Give --data-dir DIR (ISIC 2018 layout) or --images DIR --masks DIR")
-    run_dir = train_segmentation(cfg, resume=resume, resume_epochs=resume_epochs)
+    cfg = train_config(SegTrainConfig, config_file, resume, **values)
+    run_dir = train_segmentation(cfg, resume=resume, resume_epochs=values["epochs"] if resume else None)
     click.echo(f"Run folder: {run_dir}")
 
 
 @cli.command("seg-eval")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None, help="RUN/best.keras")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="RUN/best.keras")
 @data_options
 @click.option("--subset", default="train", show_default=True, help="Official subset with --data-dir: train|val|test.")
 @click.option("--truth-dir", type=click.Path(file_okay=False), default=None, help="Score existing masks: truth.")
@@ -114,39 +136,33 @@ def seg_train_cmd(config_file, resume, **options):
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--out", default=None, help="Output folder (default runs/seg-eval-<timestamp>).")
 @friendly_errors
-def seg_eval_cmd(model_path, data_dir, images, masks, limit, subset, truth_dir, pred_dir, batch_size, out):
+def seg_eval_cmd(out, **values):
     """Score segmentation: predict + score a labelled set, or score existing mask folders."""
     from skinkeras import runs
-    from skinkeras.evaluate import seg_eval_folders, seg_eval_model
+    from skinkeras.config import SegEvalConfig
+    from skinkeras.segmentation.evaluate import evaluate_segmentation
 
     out = out or runs.default_run_dir("seg-eval")
-    if truth_dir or pred_dir:
-        if not (truth_dir and pred_dir) or model_path:
-            raise ValueError("Scoring folders needs both --truth-dir and --pred-dir (and no --model)")
-        metrics = seg_eval_folders(truth_dir, pred_dir, out)
-    else:
-        if not model_path:
-            raise ValueError("Give --model RUN/best.keras with --data-dir or --images/--masks, "
-                             "or --truth-dir/--pred-dir")
-        metrics = seg_eval_model(model_path, out, data_dir, images, masks, subset, limit, batch_size=batch_size)
+    metrics = evaluate_segmentation(SegEvalConfig(out=out, **values))
     click.echo(" ".join(f"{k}={metrics[k]:.4f}" for k in ("dice", "jaccard", "threshold_jaccard", "accuracy",
                                                           "sensitivity", "specificity")))
     click.echo(f"Results: {out}")
 
 
 @cli.command("segment")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras")
+@click.option("--model", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras")
 @click.option("--images", type=click.Path(file_okay=False), required=True, multiple=True,
               help="Image folder (repeat for HAM10000 part_1 / part_2).")
 @click.option("--out", required=True, help="Output folder (SEGDIR) read by the classification stage.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @friendly_errors
-def segment_cmd(model_path, images, out, batch_size):
+def segment_cmd(model, images, out, batch_size):
     """Write predicted masks and segmented images (original x mask) for image folders."""
-    from skinkeras.evaluate import segment_folder
+    from skinkeras.config import SegmentConfig
+    from skinkeras.segmentation.segment import segment
 
-    for folder in images:
-        report = segment_folder(model_path, folder, out, batch_size=batch_size)
+    reports = segment(SegmentConfig(model=model, images=list(images), out=out, batch_size=batch_size))
+    for folder, report in zip(images, reports):
         click.echo(f"{folder}: {report['written']} written, {report['already_there']} already there, "
                    f"{report['skipped']} skipped -> {out}")
 
@@ -161,47 +177,37 @@ def segment_cmd(model_path, images, out, batch_size):
                                            "efficientnetb3|vit")
 @click.option("--split", default=None, help="lesion (default, grouped by lesion_id) | image")
 @click.option("--metadata-encoder", default=None, help="mlp (default, Eq. 7) | transformer")
-@click.option("--encoder", default=None, help="TDBN encoder (default densenet201).")
-@click.option("--weights", default=None, help="imagenet (default) | none | PATH")
-@click.option("--image-size", type=int, default=None, help="Default 224.")
-@click.option("--epochs", type=int, default=None, help="Default 10.")
-@click.option("--batch-size", type=int, default=None, help="Default 32.")
-@click.option("--lr", "learning_rate", type=float, default=None, help="Default 1e-4.")
-@click.option("--limit", type=int, default=None, help="Use N images of a seeded order.")
-@click.option("--seed", type=int, default=None)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None)
-@click.option("--out", default=None, help="Run folder (default runs/cls-train-<timestamp>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out (--epochs sets a new total).")
+@train_options
 @friendly_errors
-def cls_train_cmd(config_file, resume, images, **options):
+def cls_train_cmd(config_file, resume, images, variant, arch, **values):
     """Train the TDBN classifier, an ablation or a baseline (paper 5-6) and write its run folder."""
-    from skinkeras.config import ClsTrainConfig, resolve
-    from skinkeras.train import train_classification
+    from skinkeras.classification.train import train_classification
+    from skinkeras.config import ClsTrainConfig
 
-    resume_epochs = options["epochs"] if resume else None
-    cfg = resolve(ClsTrainConfig, config_file, images=list(images) or None, **options)
-    if resume and not cfg.out:
-        raise ValueError("--resume needs --out RUN_DIR of the run to continue")
-    if not resume and cfg.data_dir is None and cfg.images is None:
-        raise ValueError("Give --data-dir DIR (official layout) and/or --images DIR")
-    click.echo(f"Run folder: {train_classification(cfg, resume=resume, resume_epochs=resume_epochs)}")
+    if variant and arch:
+        raise ValueError("Give --variant (a TDBN variant) or --arch (a Table 2 baseline), not both")
+    cfg = train_config(ClsTrainConfig, config_file, resume, images=list(images) or None, arch=variant or arch,
+                       **values)
+    click.echo(f"Run folder: {train_classification(cfg, resume=resume, resume_epochs=values['epochs'] if resume else None)}")
 
 
 @cli.command("cls-eval")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras")
+@click.option("--model", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras")
 @click.option("--subset", default="test", show_default=True, help="Split subset of the run to evaluate.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Evaluate another dataset folder.")
 @click.option("--images", type=click.Path(file_okay=False), multiple=True, help="Its image folder(s).")
 @click.option("--seg-dir", type=click.Path(file_okay=False), default=None, help="Its segmented images.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--out", default=None, help="Output folder (default runs/cls-eval-<timestamp>).")
 @friendly_errors
-def cls_eval_cmd(model_path, subset, data_dir, images, seg_dir, out):
+def cls_eval_cmd(out, images, **values):
     """Evaluate a classifier: metrics.json, ISIC-format predictions.csv, confusion matrix and ROC plots."""
     from skinkeras import runs
-    from skinkeras.evaluate import cls_eval
+    from skinkeras.classification.evaluate import evaluate_classification
+    from skinkeras.config import ClsEvalConfig
 
     out = out or runs.default_run_dir("cls-eval")
-    metrics = cls_eval(model_path, out, subset, data_dir, list(images) or None, seg_dir)
+    metrics = evaluate_classification(ClsEvalConfig(out=out, images=list(images) or None, **values))
     auc = metrics["auc_macro"]
     click.echo(f"accuracy={metrics['accuracy']:.4f} balanced_accuracy={metrics['balanced_accuracy']:.4f} "
                f"auc_macro={'n/a' if auc is None else format(auc, '.4f')} top2={metrics['top2_accuracy']:.4f} "
@@ -245,9 +251,9 @@ def bench_cmd(archs, encoders, image_size, batch_size, steps, backends, out):
 
 
 @cli.command("gradcam")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True,
+@click.option("--model", type=click.Path(dir_okay=False), required=True,
               help="RUN/best.keras of cls-train (e.g. the TDBN).")
-@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="Another classifier's .keras shown beside it (e.g. the DenseNet201 baseline).")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Explain this image folder (no labels or metadata) instead of the run's split.")
@@ -262,15 +268,14 @@ def bench_cmd(archs, encoders, image_size, batch_size, steps, backends, out):
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--out", default=None, help="Output folder (default runs/gradcam-<timestamp>).")
 @friendly_errors
-def gradcam_cmd(model_path, baseline_path, images, subset, n, layer, class_name, method, masks, seg_dir, batch_size,
-                out):
+def gradcam_cmd(out, **values):
     """Grad-CAM overlays, the Figure 7 grid, cams.npz and cam_metrics.json (CAM mass in the lesion, pointing game)."""
     from skinkeras import runs
-    from skinkeras.explain.report import gradcam_report
+    from skinkeras.config import ExplainConfig
+    from skinkeras.explain.cam_report import explain
 
     out = out or runs.default_run_dir("gradcam")
-    metrics = gradcam_report(model_path, out, baseline_path, images, subset, n, layer, class_name, masks, seg_dir,
-                             method, batch_size)
+    metrics = explain(ExplainConfig(out=out, **values))
     for label, model in metrics["models"].items():
         for branch, values in model["branches"].items():
             mass, point = values["mass_in_lesion"], values["pointing_game"]
@@ -291,11 +296,12 @@ def gradcam_cmd(model_path, baseline_path, images, subset, n, layer, class_name,
 @click.option("--method", default="gradcam", show_default=True, help="gradcam | layercam")
 @click.option("--out", default=None, help="Write the mask, segmented image, CAM and prediction.json here.")
 @friendly_errors
-def predict_cmd(image, seg_model, cls_model, age, sex, site, method, out):
+def predict_cmd(out, **values):
     """Segment, classify and explain one dermoscopic image; prints the class probabilities, highest first."""
-    from skinkeras.predict import predict_image
+    from skinkeras.config import PredictConfig
+    from skinkeras.explain.predict import predict
 
-    report = predict_image(image, seg_model, cls_model, age, sex, site, out, method)
+    report = predict(PredictConfig(out=out, **values))
     for name, prob in report["probabilities"].items():
         click.echo(f"{name:>8s} {prob:.4f}")
     if not report["metadata_available"]:

@@ -1,3 +1,75 @@
-"""skinkeras: explainable skin-lesion segmentation and classification in Keras 3."""
+"""skinkeras: explainable skin-lesion segmentation and classification in Keras 3 (JAX, TensorFlow, PyTorch).
+
+Importing the package registers every custom layer and model class, so
+`keras.saving.load_model("RUN/best.keras")` works after `import skinkeras`.
+The builders, the stage functions (each taking a config) and `load_model`
+are exposed here; the CLI (`python cli.py ...`) calls the same functions.
+
+    from skinkeras import SegTrainConfig, load_model, train_segmentation
+
+    run_dir = train_segmentation(SegTrainConfig(data_dir="ISIC2018", weights="none", image_size=128, epochs=5))
+    model = load_model(f"{run_dir}/best.keras")
+"""
 
 __version__ = "0.1.0"
+
+from skinkeras import layers  # noqa: F401  (registers the custom layers)
+from skinkeras.classification.evaluate import evaluate_classification
+from skinkeras.classification.train import train_classification
+from skinkeras.config import (
+    ClsEvalConfig,
+    ClsTrainConfig,
+    ExplainConfig,
+    PredictConfig,
+    SegEvalConfig,
+    SegmentConfig,
+    SegTrainConfig,
+)
+from skinkeras.data.synthetic import make_synthetic
+from skinkeras.explain.cam_report import explain
+from skinkeras.explain.gradcam import grad_cam
+from skinkeras.explain.predict import predict
+from skinkeras.inference import load_cls_run, load_model
+from skinkeras.models.cls_baselines import build_cls_baseline
+from skinkeras.models.contract import Contract, ExplanationTarget, SkinModel, contract_of
+from skinkeras.models.deep_unet import build_deep_unet
+from skinkeras.models.registry import architectures, build_model, get_architecture
+from skinkeras.models.seg_baselines import build_deeplabv3plus, build_unet, build_unetpp
+from skinkeras.models.tdbn import build_tdbn
+from skinkeras.segmentation.evaluate import evaluate_segmentation
+from skinkeras.segmentation.segment import segment
+from skinkeras.segmentation.train import train_segmentation
+
+__all__ = [
+    "ClsEvalConfig",
+    "ClsTrainConfig",
+    "Contract",
+    "ExplainConfig",
+    "ExplanationTarget",
+    "PredictConfig",
+    "SegEvalConfig",
+    "SegTrainConfig",
+    "SegmentConfig",
+    "SkinModel",
+    "architectures",
+    "build_cls_baseline",
+    "build_deep_unet",
+    "build_deeplabv3plus",
+    "build_model",
+    "build_tdbn",
+    "build_unet",
+    "build_unetpp",
+    "contract_of",
+    "evaluate_classification",
+    "evaluate_segmentation",
+    "explain",
+    "get_architecture",
+    "grad_cam",
+    "load_cls_run",
+    "load_model",
+    "make_synthetic",
+    "predict",
+    "segment",
+    "train_classification",
+    "train_segmentation",
+]

@@ -66,13 +66,14 @@ def _measure(arch, encoder, image_size, batch_size, steps):
     """
     # Imported here so `import skinkeras.bench` stays cheap for the CLI.
     from skinkeras.config import SegTrainConfig
-    from skinkeras.models.seg_baselines import build_segmentation_model, inference_model
-    from skinkeras.train import compile_segmentation, model_size
+    from skinkeras.models.common import model_size
+    from skinkeras.models.contract import export_model
+    from skinkeras.models.registry import build_model
+    from skinkeras.segmentation.train import compile_segmentation
 
     keras.utils.set_random_seed(0)
-    model, build_s = _timed(lambda: build_segmentation_model(arch, image_size=image_size, encoder=encoder,
-                                                             weights=None))
     cfg = SegTrainConfig(arch=arch, encoder=encoder, weights="none", image_size=image_size, batch_size=batch_size)
+    model, build_s = _timed(lambda: build_model(cfg))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch_size, image_size, image_size, 3)).astype("float32")
     # Deep-supervision heads may have their own shapes, so each target follows its output.
@@ -84,7 +85,7 @@ def _measure(arch, encoder, image_size, batch_size, steps):
     step_times = [_timed(lambda: model.train_on_batch(x, y))[1] for _ in range(steps)]
     step_s = float(np.mean(step_times))
 
-    infer = inference_model(model)
+    infer = export_model(model)
     infer.predict_on_batch(x)  # compiles; not part of the per-batch mean
     predict_s = float(np.mean([_timed(lambda: infer.predict_on_batch(x))[1] for _ in range(steps)]))
 

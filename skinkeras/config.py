@@ -1,64 +1,388 @@
-"""Run configurations: paper defaults, overridden by an experiments/*.toml file, then by CLI options."""
+"""Run configurations: paper defaults, overridden by an experiments/*.toml file, then by CLI options.
+
+Every stage function takes one of these dataclasses. The two training
+configs share `TrainConfig`; values are type-checked when a config is made,
+so a typo in a TOML file stops the run before any data is read.
+"""
 
 import dataclasses
 import json
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 
 
+def _check_value(name, value, annotation):
+    """Raises a one-line ValueError when `value` does not fit the field's annotation."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in allowed:
+            return
+        raise ValueError(f"{name} must be given (got None)")
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind in (str, bool, list) and isinstance(value, kind):
+            return
+    names = " or ".join("none" if k is type(None) else k.__name__ for k in allowed)
+    raise ValueError(f"{name} must be {names} (got {value!r})")
+
+
 @dataclass
-class SegTrainConfig:
-    """Segmentation training settings; defaults follow paper 4.1.2 where it gives them.
+class BaseConfig:
+    """Shared behaviour of every config: type checks, JSON form, upgrades of older files."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_value(f.name, getattr(self, f.name), hints[f.name])
+        self.check()
+
+    def check(self):
+        """Value checks beyond types (ranges); subclasses extend it."""
+
+    @classmethod
+    def upgrade(cls, values):
+        """Maps the keys of a config.json written by an earlier version to the current fields.
+
+        Args:
+            values: dict read from JSON.
+        """
+        return values
+
+    @classmethod
+    def from_dict(cls, values):
+        """Builds a config from a dict, naming unknown keys and listing the valid ones.
+
+        Args:
+            values: field name -> value.
+        """
+        values = cls.upgrade(dict(values))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return cls(**values)
+
+
+def _positive(cfg, *names):
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+
+
+@dataclass
+class TrainConfig(BaseConfig):
+    """Settings shared by both training stages.
 
     Args:
-        data_dir: ISIC 2018 Task 1 folder (official layout).
-        images: plain image folder (instead of data_dir).
-        masks: plain mask folder (with images).
-        arch: deep_unet | unet | unetpp | deeplabv3plus.
+        data_dir: dataset folder in its official layout.
+        arch: registry name of the model (`skinkeras.models.registry`).
         encoder: encoder table name.
         weights: imagenet | none | PATH of encoder weights.
-        image_size: square input size (multiple of 32).
-        epochs: training epochs (paper: 12).
-        batch_size: batch size (paper: 32).
+        image_size: square input size.
+        epochs: training epochs.
+        batch_size: batch size.
         learning_rate: Adam learning rate (paper: 1e-4).
-        lr_step_epochs: halve the learning rate every this many epochs (paper: 4).
+        lr_step_epochs: multiply the learning rate by lr_factor every this many epochs.
         lr_factor: learning-rate decay factor per step (paper: 0.5).
-        val_fraction: validation share (paper: 0.2).
-        seed: seed of the split, shuffling, augmentation and initialisation.
-        limit: use only the first N pairs of a seeded order.
         flip_prob: horizontal flip probability (paper 4.2: 0.5).
         max_rotation: rotation range in degrees (paper 4.2: 15).
-        aspp_rates: Deep-UNet ASPP dilation rates (paper: "e.g. 1, 2, 3").
-        aspp_filters: ASPP channels (not in the paper).
-        decoder_filters: decoder channels per level, deepest first (not in the paper).
-        aux_weights: deep-supervision loss weights (paper Eq. 4: 0.2, 0.1).
         bn_momentum: BatchNorm moving-average momentum (0.9 = PyTorch's default, which the paper used).
+        seed: seed of the split, shuffling, augmentation and initialisation.
+        limit: use only N items of a seeded order.
         out: run folder.
     """
 
+    task: typing.ClassVar[str] = ""
+
     data_dir: str | None = None
-    images: str | None = None
-    masks: str | None = None
-    arch: str = "deep_unet"
-    encoder: str = "efficientnetb3"
+    arch: str = ""
+    encoder: str = ""
     weights: str = "imagenet"
     image_size: int = 224
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-4
     lr_step_epochs: int = 4
     lr_factor: float = 0.5
-    val_fraction: float = 0.2
-    seed: int = 0
-    limit: int | None = None
     flip_prob: float = 0.5
     max_rotation: float = 15.0
+    bn_momentum: float = 0.9
+    seed: int = 0
+    limit: int | None = None
+    out: str | None = None
+
+    def check(self):
+        _positive(self, "epochs", "batch_size", "limit", "lr_step_epochs")
+        if self.image_size < 32:
+            raise ValueError(f"--image-size must be at least 32 px (got {self.image_size})")
+        from skinkeras.models.registry import get_architecture
+
+        get_architecture(self.arch, self.task)
+
+
+@dataclass
+class SegTrainConfig(TrainConfig):
+    """Segmentation training settings; defaults follow paper 4.1.2 where it gives them.
+
+    Args (beside `TrainConfig`'s):
+        images: plain image folder (instead of data_dir).
+        masks: plain mask folder (with images).
+        val_fraction: validation share (paper: 0.2).
+        aspp_rates: Deep-UNet ASPP dilation rates (paper: "e.g. 1, 2, 3").
+        aspp_filters: ASPP channels (not in the paper).
+        decoder_filters: decoder channels per level, deepest first (not in the paper).
+        aux_weights: deep-supervision loss weights (paper Eq. 4: 0.2, 0.1).
+    """
+
+    task: typing.ClassVar[str] = "segmentation"
+
+    arch: str = "deep_unet"
+    encoder: str = "efficientnetb3"
+    epochs: int = 12
+    images: str | None = None
+    masks: str | None = None
+    val_fraction: float = 0.2
     aspp_rates: list = field(default_factory=lambda: [1, 2, 3])
     aspp_filters: int = 256
     decoder_filters: list = field(default_factory=lambda: [256, 128, 64, 32, 16])
     aux_weights: list = field(default_factory=lambda: [0.2, 0.1])
-    bn_momentum: float = 0.9
+
+
+@dataclass
+class ClsTrainConfig(TrainConfig):
+    """Classification training settings; defaults follow paper 4.2 and 6.1 where it gives them.
+
+    Args (beside `TrainConfig`'s):
+        dataset: ham10000 | isic2019.
+        images: image folder(s) instead of the official ones.
+        seg_dir: folder written by `segment` (its segmented images feed the segmented branch).
+        arch: a TDBN variant of Table 3 (tdbn, tdbn_no_meta, original_only, segmented_only) or a Table 2
+            baseline (densenet201, resnet50, xception, mobilenetv2, efficientnetb3, vit).
+        split: lesion (grouped by lesion_id, default) | image (the paper-style random image split).
+        fractions: train / validation / test shares.
+        weight_decay: Adam weight decay (paper: 1e-4; Keras applies it decoupled, as AdamW).
+        balance: cap majority / expand minority classes of the training split (paper 4.2).
+        balance_cap: largest class size per epoch (default: twice the mean class size).
+        balance_floor: size minority classes are expanded to (default: half the mean class size).
+        metadata_encoder: mlp (Eq. 7) | transformer.
+        num_heads: cross-attention heads (not in the paper).
+        key_dim: cross-attention key size per head (None: channels // heads).
+        ffn_dim: hidden width of the cross-attention FFN.
+        attention_dropout: dropout inside the cross-attention block and the metadata transformer.
+        dropout: dropout of the projection and head blocks (not in the paper).
+        projection_dim: width both modalities are projected to (None: the encoder's channels).
+        head_units: hidden widths of the classification head (paper 5.6: 512, 128).
+        tabular_units: widths of the metadata MLP (Eq. 7).
+        metadata_dim: token width of the metadata transformer.
+        metadata_heads: heads of the metadata transformer.
+        metadata_layers: blocks of the metadata transformer.
+        vit_patch_size: ViT baseline patch side (ViT-B/16: 16).
+        vit_dim: ViT token width (768).
+        vit_depth: ViT blocks (12).
+        vit_heads: ViT heads (12).
+        vit_mlp_dim: ViT MLP width (3072).
+        vit_dropout: ViT dropout.
+    """
+
+    task: typing.ClassVar[str] = "classification"
+
+    arch: str = "tdbn"
+    encoder: str = "densenet201"
+    lr_step_epochs: int = 3
+    dataset: str = "ham10000"
+    images: list | None = None
+    seg_dir: str | None = None
+    split: str = "lesion"
+    fractions: list = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    weight_decay: float = 1e-4
+    balance: bool = True
+    balance_cap: int | None = None
+    balance_floor: int | None = None
+    metadata_encoder: str = "mlp"
+    num_heads: int = 8
+    key_dim: int | None = None
+    ffn_dim: int = 2048
+    attention_dropout: float = 0.1
+    dropout: float = 0.3
+    projection_dim: int | None = None
+    head_units: list = field(default_factory=lambda: [512, 128])
+    tabular_units: list = field(default_factory=lambda: [128, 256])
+    metadata_dim: int = 64
+    metadata_heads: int = 4
+    metadata_layers: int = 1
+    vit_patch_size: int = 16
+    vit_dim: int = 768
+    vit_depth: int = 12
+    vit_heads: int = 12
+    vit_mlp_dim: int = 3072
+    vit_dropout: float = 0.1
+
+    @classmethod
+    def upgrade(cls, values):
+        # Before the registry, a run named a TDBN variant under "variant" and a baseline under "arch".
+        if "variant" in values:
+            variant = values.pop("variant")
+            values["arch"] = values.get("arch") or variant
+        return values
+
+
+@dataclass
+class SegEvalConfig(BaseConfig):
+    """`seg-eval`: predict and score a labelled set, or score existing mask folders.
+
+    Args:
+        out: output folder.
+        model: `.keras` segmentation model (RUN/best.keras).
+        data_dir: ISIC 2018 Task 1 folder (official layout).
+        images: plain image folder (instead of data_dir).
+        masks: plain mask folder.
+        subset: official subset (train, val, test) with data_dir.
+        limit: evaluate N pairs of a seeded order.
+        seed: seed of that order.
+        batch_size: prediction batch size.
+        truth_dir: score existing masks: ground truth folder (no model).
+        pred_dir: score existing masks: prediction folder.
+    """
+
+    out: str
+    model: str | None = None
+    data_dir: str | None = None
+    images: str | None = None
+    masks: str | None = None
+    subset: str = "train"
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    truth_dir: str | None = None
+    pred_dir: str | None = None
+
+    def check(self):
+        _positive(self, "batch_size", "limit")
+        if self.truth_dir or self.pred_dir:
+            if not (self.truth_dir and self.pred_dir) or self.model:
+                raise ValueError("Scoring folders needs both --truth-dir and --pred-dir (and no --model)")
+        elif not self.model:
+            raise ValueError("Give --model RUN/best.keras with --data-dir or --images/--masks, "
+                             "or --truth-dir/--pred-dir")
+
+
+@dataclass
+class SegmentConfig(BaseConfig):
+    """`segment`: masks and segmented images (original x mask) for whole image folders.
+
+    Args:
+        model: `.keras` segmentation model.
+        images: image folders.
+        out: output folder (SEGDIR).
+        batch_size: prediction batch size.
+    """
+
+    model: str
+    images: list
+    out: str
+    batch_size: int = 8
+
+    def check(self):
+        _positive(self, "batch_size")
+
+
+@dataclass
+class ClsEvalConfig(BaseConfig):
+    """`cls-eval`: scores of a classifier on its run's split or another labelled set.
+
+    Args:
+        model: RUN/best.keras of `cls-train`.
+        out: output folder.
+        subset: split subset (train, val, test) when no other data is given.
+        data_dir: evaluate all images of another dataset folder instead.
+        images: image folder(s) of that dataset.
+        seg_dir: segmented images of that dataset.
+        batch_size: prediction batch size.
+    """
+
+    model: str
+    out: str
+    subset: str = "test"
+    data_dir: str | None = None
+    images: list | None = None
+    seg_dir: str | None = None
+    batch_size: int = 16
+
+    def check(self):
+        _positive(self, "batch_size")
+
+
+@dataclass
+class ExplainConfig(BaseConfig):
+    """`gradcam`: CAMs of a classifier (and a baseline) on a split or a folder, measured against the lesion.
+
+    Args:
+        model: RUN/best.keras of `cls-train`.
+        out: output folder.
+        baseline: another classifier's .keras shown and measured beside it.
+        images: an image folder instead of the run's split (no labels, no metadata).
+        subset: split subset when no folder is given.
+        n: images to explain (a seeded sample); 0 = all.
+        layer: target layer (default: the model's explanation targets).
+        class_name: explain this class for every image (default: the predicted one).
+        masks: lesion-mask folder (ID_segmentation.png) for the measures.
+        seg_dir: SEGDIR when it is not the run's.
+        method: gradcam | layercam.
+        batch_size: images per gradient call.
+        seed: seed of the image sample.
+    """
+
+    model: str
+    out: str
+    baseline: str | None = None
+    images: str | None = None
+    subset: str = "test"
+    n: int = 16
+    layer: str | None = None
+    class_name: str | None = None
+    masks: str | None = None
+    seg_dir: str | None = None
+    method: str = "gradcam"
+    batch_size: int = 8
+    seed: int = 0
+
+    def check(self):
+        _positive(self, "batch_size")
+        if self.n < 0:
+            raise ValueError(f"--n must be 0 (all) or more (got {self.n})")
+
+
+@dataclass
+class PredictConfig(BaseConfig):
+    """`predict`: the whole pipeline on one image.
+
+    Args:
+        image: the image file.
+        seg_model: segmentation `.keras`.
+        cls_model: RUN/best.keras of `cls-train`.
+        age: years, or None (unknown).
+        sex: male | female, or None.
+        site: anatomical site, or None.
+        out: output folder, or None to write nothing.
+        method: gradcam | layercam.
+        layer: CAM target layer (default: the model's explanation targets).
+    """
+
+    image: str
+    seg_model: str
+    cls_model: str
+    age: float | None = None
+    sex: str | None = None
+    site: str | None = None
     out: str | None = None
+    method: str = "gradcam"
+    layer: str | None = None
 
 
 def load_toml(path):
@@ -67,8 +391,11 @@ def load_toml(path):
     Args:
         path: TOML file.
     """
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -80,13 +407,17 @@ def resolve(cls, file=None, **overrides):
         file: optional TOML file of values that differ from the defaults.
         **overrides: CLI values; None means "not given".
     """
-    names = {f.name for f in dataclasses.fields(cls)}
     values = load_toml(file) if file else {}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{file}: unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**values)
+    try:
+        values = cls.upgrade(values)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}" if file else str(exc)) from None
 
 
 def to_json(config, path):
@@ -101,80 +432,15 @@ def to_json(config, path):
 
 
 def from_json(cls, path):
-    """Reads a config dataclass written by `to_json`.
+    """Reads a config dataclass written by `to_json` (also by earlier versions; see `upgrade`).
 
     Args:
         cls: config dataclass.
         path: JSON file.
     """
     with open(path) as f:
-        return cls(**json.load(f))
-
-
-@dataclass
-class ClsTrainConfig:
-    """Classification training settings; defaults follow paper 4.2 and 6.1 where it gives them.
-
-    Args:
-        dataset: ham10000 | isic2019.
-        data_dir: dataset folder in its official layout.
-        images: image folder(s) instead of the official ones.
-        seg_dir: folder written by `segment` (its segmented/ images feed the segmented branch).
-        variant: tdbn | tdbn_no_meta | original_only | segmented_only (Table 3).
-        arch: a Table 2 baseline (densenet201, resnet50, xception, mobilenetv2, efficientnetb3, vit) instead of a variant.
-        split: lesion (grouped by lesion_id, default) | image (the paper-style random image split).
-        fractions: train / validation / test shares.
-        metadata_encoder: mlp (Eq. 7) | transformer.
-        encoder: encoder of the TDBN variants (DenseNet201 in the paper).
-        weights: imagenet | none | PATH.
-        image_size: input size.
-        epochs: training epochs (paper: 10).
-        batch_size: batch size (paper: 32).
-        learning_rate: Adam learning rate (paper: 1e-4).
-        weight_decay: Adam weight decay (paper: 1e-4; Keras applies it decoupled, as AdamW).
-        lr_step_epochs: halve the learning rate every this many epochs (paper: 3).
-        lr_factor: learning-rate decay factor per step.
-        balance: cap majority / expand minority classes of the training split (paper 4.2).
-        balance_cap: largest class size per epoch (default: twice the mean class size).
-        balance_floor: size minority classes are expanded to (default: half the mean class size).
-        flip_prob: horizontal flip probability.
-        max_rotation: rotation range in degrees.
-        num_heads: cross-attention heads (not in the paper).
-        key_dim: cross-attention key size per head (None: channels // heads).
-        dropout: dropout of the projection and head blocks (not in the paper).
-        bn_momentum: BatchNorm momentum (0.9 = PyTorch's default).
-        seed: seed of split, balancing, augmentation and initialisation.
-        limit: use N images of a seeded order.
-        out: run folder.
-    """
-
-    dataset: str = "ham10000"
-    data_dir: str | None = None
-    images: list | None = None
-    seg_dir: str | None = None
-    variant: str = "tdbn"
-    arch: str | None = None
-    split: str = "lesion"
-    fractions: list = field(default_factory=lambda: [0.7, 0.15, 0.15])
-    metadata_encoder: str = "mlp"
-    encoder: str = "densenet201"
-    weights: str = "imagenet"
-    image_size: int = 224
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    lr_step_epochs: int = 3
-    lr_factor: float = 0.5
-    balance: bool = True
-    balance_cap: int | None = None
-    balance_floor: int | None = None
-    flip_prob: float = 0.5
-    max_rotation: float = 15.0
-    num_heads: int = 8
-    key_dim: int | None = None
-    dropout: float = 0.3
-    bn_momentum: float = 0.9
-    seed: int = 0
-    limit: int | None = None
-    out: str | None = None
+        values = json.load(f)
+    try:
+        return cls.from_dict(values)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

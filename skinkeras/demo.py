@@ -7,11 +7,17 @@ original-only baseline) -> cls-eval -> gradcam -> predict.
 import os
 import time
 
+from skinkeras.classification.evaluate import cls_eval
+from skinkeras.classification.train import train_classification
 from skinkeras.config import ClsTrainConfig, SegTrainConfig
 from skinkeras.data.isic2018 import OFFICIAL_FOLDERS
+from skinkeras.data.segdir import SegDir
 from skinkeras.data.synthetic import make_synthetic
-from skinkeras.evaluate import cls_eval, seg_eval_model, segment_folder
-from skinkeras.train import train_classification, train_segmentation
+from skinkeras.explain.cam_report import gradcam_report
+from skinkeras.explain.predict import predict_image
+from skinkeras.segmentation.evaluate import seg_eval_model
+from skinkeras.segmentation.segment import segment_folder
+from skinkeras.segmentation.train import train_segmentation
 
 STEPS = 8
 
@@ -54,7 +60,7 @@ def run_demo(out, n=96, epochs=6, image_size=96, encoder="efficientnetb0", cls_e
     metrics = seg_eval_model(os.path.join(run_dir, "best.keras"), eval_dir, data_dir=folders["isic2018"],
                              subset="val")
 
-    seg_dir = os.path.join(out, "segmented")
+    seg_dir = os.path.join(out, "segdir")
     echo(f"[4/{STEPS}] segment the HAM10000 images -> {seg_dir}")
     ham = folders["ham10000"]
     for part in sorted(os.listdir(ham)):
@@ -66,7 +72,7 @@ def run_demo(out, n=96, epochs=6, image_size=96, encoder="efficientnetb0", cls_e
         cls_runs[variant] = os.path.join(out, f"cls-{variant}")
         echo(f"[5/{STEPS}] cls-train {variant}/{cls_encoder} at {cls_image_size}px, {cls_epochs} epochs, weights none "
              f"-> {cls_runs[variant]}")
-        cls_cfg = ClsTrainConfig(dataset="ham10000", data_dir=ham, seg_dir=seg_dir, variant=variant, encoder=cls_encoder,
+        cls_cfg = ClsTrainConfig(dataset="ham10000", data_dir=ham, seg_dir=seg_dir, arch=variant, encoder=cls_encoder,
                                  weights="none", image_size=cls_image_size, epochs=cls_epochs, batch_size=16,
                                  learning_rate=2e-3, out=cls_runs[variant])
         train_classification(cls_cfg, resume=os.path.isfile(os.path.join(cls_runs[variant], "config.json")))
@@ -78,16 +84,12 @@ def run_demo(out, n=96, epochs=6, image_size=96, encoder="efficientnetb0", cls_e
 
     cam_dir = os.path.join(out, "gradcam")
     echo(f"[7/{STEPS}] gradcam: TDBN and the original-only baseline on 8 test images -> {cam_dir}")
-    from skinkeras.explain.report import gradcam_report
-
     cam_metrics = gradcam_report(tdbn_model, cam_dir, os.path.join(cls_runs["original_only"], "best.keras"), n=8,
                                  progress=False)
 
     predict_dir = os.path.join(out, "predict")
     image = sorted(os.listdir(os.path.join(ham, "HAM10000_images_part_1")))[0]
     echo(f"[8/{STEPS}] predict {image} (age 55, male, back) -> {predict_dir}")
-    from skinkeras.predict import predict_image
-
     prediction = predict_image(os.path.join(ham, "HAM10000_images_part_1", image), os.path.join(run_dir, "best.keras"),
                                tdbn_model, age=55, sex="male", site="back", out=predict_dir)
 
@@ -98,7 +100,7 @@ def run_demo(out, n=96, epochs=6, image_size=96, encoder="efficientnetb0", cls_e
     echo(f"  evaluation:       {eval_dir}  (masks/ in ISIC format, per_image.csv, metrics.json)")
     echo(f"    dice={metrics['dice']:.3f} jaccard={metrics['jaccard']:.3f} "
          f"threshold_jaccard={metrics['threshold_jaccard']:.3f} on {metrics['images']} images")
-    echo(f"  segmented images: {os.path.join(seg_dir, 'segmented')}  (masks in {os.path.join(seg_dir, 'masks')})")
+    echo(f"  segmented images: {SegDir(seg_dir).segmented_folder}  (masks in {SegDir(seg_dir).masks_folder})")
     echo(f"  classification:   {cls_runs['tdbn']}, {cls_runs['original_only']}")
     echo(f"  cls-eval:         {cls_eval_dir}  (predictions.csv in ISIC format, confusion_matrix.png, roc.png)")
     echo(f"    accuracy={cls_metrics['accuracy']:.3f} balanced_accuracy={cls_metrics['balanced_accuracy']:.3f} "

@@ -273,9 +273,10 @@ def segment_folder_otsu(images_dir, out_dir, progress=None) -> dict:
     # Imported here: these modules load Keras, which this module otherwise does not need.
     from skinkeras.data.isic2018 import list_images
     from skinkeras.data.pipeline import ImageReadError, read_rgb
-    from skinkeras.metrics import write_mask
+    from skinkeras.data.segdir import MASKS_DIR
+    from skinkeras.data.masks import mask_name, write_mask
 
-    pred_dir = Path(out_dir) / "masks"
+    pred_dir = Path(out_dir) / MASKS_DIR
     pred_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = 0, []
     for path in list_images(os.fspath(images_dir)):
@@ -285,7 +286,7 @@ def segment_folder_otsu(images_dir, out_dir, progress=None) -> dict:
             skipped.append((path, str(exc)))
         else:
             stem = os.path.splitext(os.path.basename(path))[0]
-            write_mask(pred_dir / f"{stem}_segmentation.png", otsu_mask(image))
+            write_mask(pred_dir / mask_name(stem), otsu_mask(image))
             written += 1
         if progress is not None:
             progress(path)

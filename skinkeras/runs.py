@@ -109,3 +109,15 @@ def prepare_run_dir(out, command, resume=False):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
     os.makedirs(run_dir, exist_ok=True)
     return run_dir
+
+
+def read_history(path):
+    """Returns the rows of a run's history.csv as dicts of floats ([] when absent).
+
+    Args:
+        path: history.csv path.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]

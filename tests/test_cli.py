@@ -15,7 +15,8 @@ from PIL import Image
 from cli import cli
 from conftest import ROOT
 from skinkeras.data.isic2018 import OFFICIAL_FOLDERS
-from skinkeras.metrics import SEG_METRICS, read_mask
+from skinkeras.data.masks import read_mask
+from skinkeras.metrics import SEG_METRICS
 
 TINY = ["--encoder", "mobilenetv2", "--weights", "none", "--image-size", "64", "--batch-size", "4", "--lr", "2e-3"]
 

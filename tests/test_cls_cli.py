@@ -141,7 +141,7 @@ def test_baseline_and_ablation_take_only_their_inputs(ham, learned_run, tmp_path
     import keras
 
     # The original-image ablation trained without --seg-dir and takes the original image only.
-    assert json.loads((learned_run / "config.json").read_text())["variant"] == "original_only"
+    assert json.loads((learned_run / "config.json").read_text())["arch"] == "original_only"
     model = keras.models.load_model(learned_run / "best.keras", compile=False)
     assert [t.name for t in model.inputs] == ["original"]
     run = tmp_path / "mobilenet"

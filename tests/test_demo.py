@@ -15,7 +15,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     for step in range(1, 9):
         assert f"[{step}/8]" in result.output
     assert "Demo finished" in result.output
-    for path in ("seg-train/best.keras", "seg-eval/metrics.json", "segmented/segmented", "cls-tdbn/best.keras",
+    for path in ("seg-train/best.keras", "seg-eval/metrics.json", "segdir/segmented", "cls-tdbn/best.keras",
                  "cls-original_only/best.keras", "cls-eval/predictions.csv", "gradcam/figure7.png",
                  "gradcam/cams.npz", "predict/prediction.json"):
         assert (out / path).exists(), path

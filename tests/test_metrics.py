@@ -11,14 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from skinkeras.data.masks import read_mask, write_mask
 from skinkeras.metrics import (
     SEG_METRICS,
     mean_scores,
-    read_mask,
     score_mask_folders,
     seg_confusion,
     seg_scores,
-    write_mask,
 )
 
 H, W = 48, 64  # non-square so a transposed mask cannot pass

@@ -125,7 +125,7 @@ def test_module_does_not_load_a_deep_learning_backend():
 
 
 def test_segment_folder_writes_official_names_and_skips_truncated(tmp_path):
-    from skinkeras.metrics import read_mask
+    from skinkeras.data.masks import read_mask
 
     images = tmp_path / "images"
     images.mkdir()

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from skinkeras.config import SegTrainConfig
-from skinkeras.train import read_history, train_segmentation
+from skinkeras.segmentation.train import train_segmentation
+from skinkeras.runs import read_history
 
 pytestmark = pytest.mark.backend
 

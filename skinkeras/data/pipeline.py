@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from skinkeras.metrics import read_mask
+from skinkeras.data.masks import read_mask, resize_mask
 
 
 class ImageReadError(ValueError):
@@ -64,19 +64,6 @@ def resize_rgb(image, size):
     if image.shape[:2] == tuple(size):
         return image
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
-
-
-def resize_mask(mask, size):
-    """Nearest-neighbour resize of a binary mask to (H, W), returning uint8 0/1.
-
-    Args:
-        mask: bool or 0/1 (H, W).
-        size: (H, W) target.
-    """
-    img = Image.fromarray(mask.astype(np.uint8) * 255)
-    if mask.shape[:2] != tuple(size):
-        img = img.resize((size[1], size[0]), Image.NEAREST)
-    return (np.asarray(img) > 127).astype(np.uint8)
 
 
 def load_pair(pair, size):
@@ -311,24 +298,24 @@ def load_image_rows(paths, size, progress=True, workers=2):
 class ClassificationDataset(AugmentedDataset):
     """Batches of (inputs dict, labels) for the classifiers, balanced and augmented per epoch.
 
-    Inputs are the model's named inputs: "original" and "segmented" float32
-    0-255 images (the same flip / rotation for both views of a pair),
-    "metadata" (N, F) and "metadata_mask" (N, 1); only those named in
+    Inputs are the model's named inputs (its contract): float32 0-255 images
+    (the same flip / rotation for all views of a sample, those named in
+    `image_inputs`) and the metadata arrays; only those named in
     `input_names` are yielded. With `plan`, each epoch draws a new balanced
     index list (paper 4.2) from `plan(epoch)`.
 
     Args:
-        arrays: dict name -> array aligned on the first axis (original, segmented, metadata, metadata_mask).
+        arrays: dict input name -> array aligned on the first axis.
         labels: int labels (N,).
         input_names: model input names to yield.
         batch_size: batch size.
+        image_inputs: the names among them that are images (augmented together).
         **kwargs: augment, shuffle, plan, seed, flip_prob, max_rotation (see `AugmentedDataset`).
     """
 
-    IMAGE_INPUTS = ("original", "segmented")
-
-    def __init__(self, arrays, labels, input_names, batch_size=32, **kwargs):
+    def __init__(self, arrays, labels, input_names, batch_size=32, image_inputs=(), **kwargs):
         self.arrays = arrays
+        self.image_inputs = tuple(n for n in input_names if n in image_inputs)
         self.labels = np.asarray(labels, np.int64)
         self.input_names = tuple(input_names)
         missing = [n for n in self.input_names if n not in arrays]
@@ -339,7 +326,7 @@ class ClassificationDataset(AugmentedDataset):
     def __getitem__(self, index):
         idx = self.batch_indices(index)
         batch = {name: self.arrays[name][idx] for name in self.input_names}
-        images = [n for n in self.IMAGE_INPUTS if n in batch]
+        images = self.image_inputs
         if self.augment and images:
             rng = self.augment_rng(index)
             views = [augment_views([batch[n][i] for n in images], rng, self.flip_prob, self.max_rotation)

@@ -4,7 +4,7 @@ import keras
 from keras import layers
 
 
-def conv_bn_relu(filters, kernel_size=1, dilation_rate=1, name=None):
+def conv_bn_relu(filters, kernel_size=1, dilation_rate=1, name=None, bn_momentum=0.99):
     """Conv2D (no bias) -> BatchNorm -> ReLU as one Sequential sublayer.
 
     Args:
@@ -12,11 +12,12 @@ def conv_bn_relu(filters, kernel_size=1, dilation_rate=1, name=None):
         kernel_size: convolution kernel size.
         dilation_rate: atrous rate.
         name: name of the Sequential.
+        bn_momentum: moving-average momentum of the BatchNormalization.
     """
     return keras.Sequential(
         [
             layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False),
-            layers.BatchNormalization(),
+            layers.BatchNormalization(momentum=bn_momentum),
             layers.ReLU(),
         ],
         name=name,
@@ -36,17 +37,21 @@ class ASPP(layers.Layer):
         filters: channels of every branch and of the fused output.
         rates: dilation rates of the 3x3 branches.
         dropout: dropout rate after fusion (0 disables it).
+        bn_momentum: moving-average momentum of the inner BatchNormalization layers (0.99 Keras' default;
+            the builders pass 0.9, PyTorch's default that the paper used).
     """
 
-    def __init__(self, filters=256, rates=(1, 2, 3), dropout=0.0, **kwargs):
+    def __init__(self, filters=256, rates=(1, 2, 3), dropout=0.0, bn_momentum=0.99, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.rates = tuple(int(r) for r in rates)
         self.dropout = float(dropout)
-        self.branches = [conv_bn_relu(self.filters, 1, name="pointwise")] + [
-            conv_bn_relu(self.filters, 3, rate, name=f"atrous_r{rate}") for rate in self.rates
+        self.bn_momentum = float(bn_momentum)
+        self.branches = [conv_bn_relu(self.filters, 1, name="pointwise", bn_momentum=self.bn_momentum)] + [
+            conv_bn_relu(self.filters, 3, rate, name=f"atrous_r{rate}", bn_momentum=self.bn_momentum)
+            for rate in self.rates
         ]
-        self.fuse = conv_bn_relu(self.filters, 1, name="fuse")
+        self.fuse = conv_bn_relu(self.filters, 1, name="fuse", bn_momentum=self.bn_momentum)
         self.drop = layers.Dropout(self.dropout)
 
     def build(self, input_shape):
@@ -64,5 +69,12 @@ class ASPP(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "rates": list(self.rates), "dropout": self.dropout})
+        config.update(
+            {
+                "filters": self.filters,
+                "rates": list(self.rates),
+                "dropout": self.dropout,
+                "bn_momentum": self.bn_momentum,
+            }
+        )
         return config

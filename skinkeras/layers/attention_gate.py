@@ -23,16 +23,19 @@ class DepthwiseAttentionGate(layers.Layer):
     Args:
         filters: channels of the refined skip.
         inter_filters: channels of the attention sub-network (default filters // 2).
+        bn_momentum: moving-average momentum of the inner BatchNormalization layers (0.99 Keras' default;
+            the builders pass 0.9, PyTorch's default that the paper used).
     """
 
-    def __init__(self, filters, inter_filters=None, **kwargs):
+    def __init__(self, filters, inter_filters=None, bn_momentum=0.99, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.inter_filters = int(inter_filters) if inter_filters else max(1, self.filters // 2)
+        self.bn_momentum = float(bn_momentum)
         self.dsc = keras.Sequential(
             [
                 layers.SeparableConv2D(self.filters, 3, padding="same", use_bias=False),
-                layers.BatchNormalization(),
+                layers.BatchNormalization(momentum=self.bn_momentum),
                 layers.ReLU(),
             ],
             name="dsc",
@@ -40,7 +43,12 @@ class DepthwiseAttentionGate(layers.Layer):
         self.theta_skip = layers.Conv2D(self.inter_filters, 1, use_bias=False, name="theta_skip")
         self.phi_gate = layers.Conv2D(self.inter_filters, 1, use_bias=True, name="phi_gate")
         self.psi = keras.Sequential(
-            [layers.ReLU(), layers.Conv2D(1, 1), layers.BatchNormalization(), layers.Activation("sigmoid")],
+            [
+                layers.ReLU(),
+                layers.Conv2D(1, 1),
+                layers.BatchNormalization(momentum=self.bn_momentum),
+                layers.Activation("sigmoid"),
+            ],
             name="psi",
         )
 
@@ -68,5 +76,7 @@ class DepthwiseAttentionGate(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "inter_filters": self.inter_filters})
+        config.update(
+            {"filters": self.filters, "inter_filters": self.inter_filters, "bn_momentum": self.bn_momentum}
+        )
         return config

@@ -4,6 +4,16 @@ import keras
 from keras import layers
 
 
+def availability_gate(availability, like):
+    """Availability (B, 1) as a (B, 1) gate of the dtype of `like`, ready to broadcast over its last axis.
+
+    Args:
+        availability: per-sample metadata availability in {0, 1}.
+        like: tensor whose dtype the gate takes.
+    """
+    return keras.ops.cast(keras.ops.reshape(availability, (-1, 1)), like.dtype)
+
+
 @keras.saving.register_keras_serializable(package="skinkeras")
 class MaskedAdditiveFusion(layers.Layer):
     """Adds the tabular features to the visual ones where metadata is available: F = F_vision + alpha * F_tabular.
@@ -25,7 +35,7 @@ class MaskedAdditiveFusion(layers.Layer):
 
     def call(self, inputs):
         vision, tabular, availability = inputs
-        alpha = keras.ops.cast(keras.ops.reshape(availability, (-1, 1)), vision.dtype)
+        alpha = availability_gate(availability, vision)
         return vision + alpha * keras.ops.cast(tabular, vision.dtype)
 
     def compute_output_shape(self, input_shape):

@@ -14,19 +14,22 @@ class SeparableDoubleConv(layers.Layer):
     Args:
         filters: output channels of both convolutions.
         kernel_size: spatial size of the depthwise kernels.
+        bn_momentum: moving-average momentum of the inner BatchNormalization layers (0.99 Keras' default;
+            the builders pass 0.9, PyTorch's default that the paper used).
     """
 
-    def __init__(self, filters, kernel_size=3, **kwargs):
+    def __init__(self, filters, kernel_size=3, bn_momentum=0.99, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
+        self.bn_momentum = float(bn_momentum)
         self.block = keras.Sequential(
             [
                 layers.SeparableConv2D(self.filters, self.kernel_size, padding="same", use_bias=False),
-                layers.BatchNormalization(),
+                layers.BatchNormalization(momentum=self.bn_momentum),
                 layers.ReLU(),
                 layers.SeparableConv2D(self.filters, self.kernel_size, padding="same", use_bias=False),
-                layers.BatchNormalization(),
+                layers.BatchNormalization(momentum=self.bn_momentum),
                 layers.ReLU(),
             ],
             name="double_conv",
@@ -43,5 +46,5 @@ class SeparableDoubleConv(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "kernel_size": self.kernel_size})
+        config.update({"filters": self.filters, "kernel_size": self.kernel_size, "bn_momentum": self.bn_momentum})
         return config

@@ -3,12 +3,8 @@
 import keras
 from keras import layers
 
+from skinkeras.layers.fusion import availability_gate
 from skinkeras.layers.vit import TransformerEncoderBlock
-
-
-def _mask(availability, like):
-    """Availability (B, 1) cast to the dtype of `like`, ready to broadcast over its last axis."""
-    return keras.ops.cast(keras.ops.reshape(availability, (-1, 1)), like.dtype)
 
 
 @keras.saving.register_keras_serializable(package="skinkeras")
@@ -26,17 +22,20 @@ class TabularEmbedding(layers.Layer):
 
     Args:
         units: widths of the two Dense layers.
+        bn_momentum: moving-average momentum of the inner BatchNormalization layers (0.99 Keras' default;
+            the builders pass 0.9, PyTorch's default that the paper used).
     """
 
-    def __init__(self, units=(128, 256), **kwargs):
+    def __init__(self, units=(128, 256), bn_momentum=0.99, **kwargs):
         super().__init__(**kwargs)
         self.units = tuple(int(u) for u in units)
         if len(self.units) != 2:
             raise ValueError(f"TabularEmbedding has two Dense layers (Eq. 7); got units={units}")
+        self.bn_momentum = float(bn_momentum)
         self.dense1 = layers.Dense(self.units[0], activation="relu", name="dense1")
-        self.bn1 = layers.BatchNormalization(name="bn1")
+        self.bn1 = layers.BatchNormalization(momentum=self.bn_momentum, name="bn1")
         self.dense2 = layers.Dense(self.units[1], activation="relu", name="dense2")
-        self.bn2 = layers.BatchNormalization(name="bn2")
+        self.bn2 = layers.BatchNormalization(momentum=self.bn_momentum, name="bn2")
 
     def build(self, input_shape):
         features_shape = tuple(input_shape[0])
@@ -50,14 +49,14 @@ class TabularEmbedding(layers.Layer):
         features, availability = inputs
         x = self.bn1(self.dense1(features), training=training)
         x = self.bn2(self.dense2(x), training=training)
-        return x * _mask(availability, x)
+        return x * availability_gate(availability, x)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.units[1])
 
     def get_config(self):
         config = super().get_config()
-        config.update({"units": self.units})
+        config.update({"units": self.units, "bn_momentum": self.bn_momentum})
         return config
 
 
@@ -133,7 +132,7 @@ class MetadataTransformer(layers.Layer):
         for block in self.blocks:
             x = block(x, training=training)
         x = keras.ops.mean(self.norm(x), axis=1)
-        return x * _mask(availability, x)
+        return x * availability_gate(availability, x)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.dim)

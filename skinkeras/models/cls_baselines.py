@@ -4,7 +4,10 @@ import keras
 from keras import layers
 
 from skinkeras.layers import EncoderPreprocess, PatchEmbedding, SelectToken, TransformerEncoderBlock
-from skinkeras.models.tdbn import DEFAULT_HEAD_UNITS, classification_head, encode_image, image_size_pair
+from skinkeras.models.contract import ORIGINAL, ExplanationTarget
+from skinkeras.models.common import BN_MOMENTUM, image_size_pair
+from skinkeras.models.encoders import normalize_weights
+from skinkeras.models.tdbn import DEFAULT_HEAD_UNITS, classification_head, classifier_model, encode_image, encoder_target
 
 # Table 2 name -> encoder table name ("vit" is built here, not from keras.applications).
 CLS_ARCHS = {
@@ -66,6 +69,7 @@ def build_cls_baseline(
     vit_heads=VIT_B16["num_heads"],
     vit_mlp_dim=VIT_B16["mlp_dim"],
     vit_dropout=0.1,
+    bn_momentum=BN_MOMENTUM,
 ):
     """Builds a Table 2 baseline classifier on the original image (input `original`, 0-255 RGB).
 
@@ -92,22 +96,30 @@ def build_cls_baseline(
         vit_heads: ViT attention heads.
         vit_mlp_dim: ViT MLP width.
         vit_dropout: ViT dropout.
+        bn_momentum: momentum of every BatchNormalization layer, the encoder's included.
 
     Returns:
-        A model {"original": (B, H, W, 3)} -> (B, num_classes) float32 probabilities (layer `probabilities`;
-        pre-softmax scores in `logits`).
+        A `SkinModel` {"original": (B, H, W, 3)} -> (B, num_classes) float32 probabilities; its contract
+        names the pre-softmax scores and the Grad-CAM target (the encoder's output, or the last ViT block).
     """
     key = cls_arch(arch)
     size = image_size_pair(image_size)
-    image = keras.Input((*size, 3), name="original")
+    image = keras.Input((*size, 3), name=ORIGINAL)
     if key == "vit":
-        if weights is not None and str(weights).lower() not in ("none", "null", ""):
+        try:
+            chosen = normalize_weights(weights)
+        except FileNotFoundError:
+            chosen = weights
+        if chosen is not None:
             raise ValueError(
                 f"ViT weights are not available offline (got weights={weights!r}); "
                 "the ViT baseline trains from scratch: use --weights none"
             )
         x = vit_features(image, size, vit_patch_size, vit_dim, vit_depth, vit_heads, vit_mlp_dim, vit_dropout)
+        target = ExplanationTarget(ORIGINAL, f"vit_block{int(vit_depth) - 1}", ORIGINAL, tokens=True)
     else:
-        x = layers.GlobalAveragePooling2D(name="gap")(encode_image(image, CLS_ARCHS[key], weights, size, "original"))
-    outputs = classification_head(x, num_classes, head_units, dropout)
-    return keras.Model({"original": image}, outputs, name=f"{key}_classifier")
+        fmap = encode_image(image, CLS_ARCHS[key], weights, size, ORIGINAL, bn_momentum)
+        x = layers.GlobalAveragePooling2D(name="gap")(fmap)
+        target = encoder_target(ORIGINAL)
+    outputs = classification_head(x, num_classes, head_units, dropout, bn_momentum)
+    return classifier_model({ORIGINAL: image}, outputs, f"{key}_classifier", [target], key)

@@ -106,7 +106,7 @@ def normalize_weights(weights):
     return path
 
 
-def build_encoder(name, input_shape, weights=None, model_name=None):
+def build_encoder(name, input_shape, weights=None, model_name=None, bn_momentum=None):
     """Builds a headless `keras.applications` encoder from the table.
 
     Args:
@@ -115,6 +115,9 @@ def build_encoder(name, input_shape, weights=None, model_name=None):
         weights: "imagenet", None, or a path to a weights file of the headless encoder
             (e.g. the Keras `*_notop.h5` file copied from a machine with internet).
         model_name: name of the returned model; two encoders in one model need distinct names.
+        bn_momentum: when not None, the moving-average momentum set on every BatchNormalization layer of
+            the encoder after it is built and its weights loaded (None keeps keras.applications' own
+            values); BatchNormalization's config carries it, so a saved model keeps it.
 
     Returns:
         The encoder `keras.Model` (input: preprocessed pixels).
@@ -134,16 +137,21 @@ def build_encoder(name, input_shape, weights=None, model_name=None):
                 f"{str(exc).splitlines()[0][:160]}). Offline: copy the `*_notop.h5` file into "
                 f"{keras_cache_dir()} or pass --weights PATH (or --weights none to train from scratch)."
             ) from exc
-        return encoder
-    encoder = ctor(weights=None, **kwargs)
-    if weights is not None:
-        try:
-            encoder.load_weights(weights)
-        except Exception as exc:
-            raise ValueError(
-                f"Weights file {weights} does not fit a headless {spec.constructor} "
-                f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})"
-            ) from exc
+    else:
+        encoder = ctor(weights=None, **kwargs)
+        if weights is not None:
+            try:
+                encoder.load_weights(weights)
+            except Exception as exc:
+                raise ValueError(
+                    f"Weights file {weights} does not fit a headless {spec.constructor} "
+                    f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})"
+                ) from exc
+    if bn_momentum is not None:
+        # keras.applications encoders are flat: every BatchNormalization sits directly in `encoder.layers`.
+        for layer in encoder.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
     return encoder
 
 

@@ -10,30 +10,52 @@ from skinkeras.layers import (
     MetadataTransformer,
     TabularEmbedding,
 )
+from skinkeras.models.contract import (
+    CLASSIFICATION,
+    IMAGE_INPUTS,
+    LOGITS,
+    METADATA,
+    METADATA_MASK,
+    ORIGINAL,
+    PROBABILITIES,
+    SEGMENTED,
+    Contract,
+    ExplanationTarget,
+    SkinModel,
+)
+from skinkeras.models.common import BN_MOMENTUM, image_size_pair
 from skinkeras.models.encoders import build_encoder, encoder_spec
 
 VARIANTS = ("tdbn", "tdbn_no_meta", "original_only", "segmented_only")
 METADATA_ENCODERS = ("mlp", "transformer")
-IMAGE_INPUTS = ("original", "segmented")
-METADATA_INPUTS = ("metadata", "metadata_mask")
-LOGITS = "logits"
-OUTPUT = "probabilities"
 DEFAULT_HEAD_UNITS = (512, 128)
 
 
-def image_size_pair(image_size):
-    """Returns (H, W) from an int or a pair.
+def encoder_target(branch, keys_only=False):
+    """The Grad-CAM target of an image branch: the output of its nested `{branch}_encoder` (stride 32).
 
     Args:
-        image_size: int or (H, W).
+        branch: ORIGINAL or SEGMENTED.
+        keys_only: the branch reaches the score only as attention keys.
     """
-    size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    if len(size) != 2 or min(size) < 32:
-        raise ValueError(f"--image-size must be at least 32 px (got {image_size})")
-    return size
+    return ExplanationTarget(branch, f"{branch}_encoder", branch, keys_only=keys_only)
 
 
-def encode_image(inputs, encoder, weights, size, branch):
+def classifier_model(inputs, outputs, name, targets, arch):
+    """Wraps a classifier graph as a `SkinModel` with its contract.
+
+    Args:
+        inputs: dict input name -> Input.
+        outputs: the probabilities tensor (from `classification_head`).
+        name: model name.
+        targets: its `ExplanationTarget`s.
+        arch: registry name.
+    """
+    contract = Contract(CLASSIFICATION, tuple(inputs), PROBABILITIES, LOGITS, tuple(targets), arch=arch)
+    return SkinModel(inputs, outputs, name=name, contract=contract)
+
+
+def encode_image(inputs, encoder, weights, size, branch, bn_momentum=BN_MOMENTUM):
     """0-255 RGB `inputs` -> the branch's preprocessing -> its headless encoder -> (B, h, w, C) feature map.
 
     The encoder is a nested model named `{branch}_encoder` (its output is the
@@ -45,14 +67,16 @@ def encode_image(inputs, encoder, weights, size, branch):
         weights: "imagenet", None, or a path to weights of the headless encoder.
         size: (H, W).
         branch: "original" or "segmented".
+        bn_momentum: momentum of the encoder's BatchNormalization layers.
     """
     spec = encoder_spec(encoder)
-    model = build_encoder(encoder, (*size, 3), weights=weights, model_name=f"{branch}_encoder")
+    model = build_encoder(encoder, (*size, 3), weights=weights, model_name=f"{branch}_encoder",
+                          bn_momentum=bn_momentum)
     x = EncoderPreprocess(spec.preprocess, name=f"{branch}_preprocess")(inputs)
     return model(x)
 
 
-def dense_bn_relu_dropout(x, units, dropout, name):
+def dense_bn_relu_dropout(x, units, dropout, name, bn_momentum=BN_MOMENTUM):
     """Dense -> BatchNorm -> ReLU -> Dropout, the block of the projections (5.5) and the head (5.6).
 
     Args:
@@ -60,14 +84,15 @@ def dense_bn_relu_dropout(x, units, dropout, name):
         units: Dense width.
         dropout: dropout rate.
         name: prefix of the four layer names.
+        bn_momentum: BatchNormalization momentum.
     """
     x = layers.Dense(units, name=f"{name}_dense")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
     return layers.Dropout(dropout, name=f"{name}_dropout")(x)
 
 
-def classification_head(x, num_classes, head_units=DEFAULT_HEAD_UNITS, dropout=0.3):
+def classification_head(x, num_classes, head_units=DEFAULT_HEAD_UNITS, dropout=0.3, bn_momentum=BN_MOMENTUM):
     """Paper 5.6: Dense-BN-ReLU-Dropout blocks (512, 128), then Dense logits and a float32 softmax.
 
     Layers `head{i}_*`, `logits` (pre-softmax class scores) and `probabilities` (the output).
@@ -77,11 +102,12 @@ def classification_head(x, num_classes, head_units=DEFAULT_HEAD_UNITS, dropout=0
         num_classes: number of classes.
         head_units: widths of the hidden blocks.
         dropout: dropout rate of each block.
+        bn_momentum: BatchNormalization momentum.
     """
     for i, units in enumerate(head_units):
-        x = dense_bn_relu_dropout(x, int(units), dropout, f"head{i}")
+        x = dense_bn_relu_dropout(x, int(units), dropout, f"head{i}", bn_momentum)
     x = layers.Dense(int(num_classes), name=LOGITS)(x)
-    return layers.Activation("softmax", dtype="float32", name=OUTPUT)(x)
+    return layers.Activation("softmax", dtype="float32", name=PROBABILITIES)(x)
 
 
 def build_tdbn(
@@ -104,6 +130,7 @@ def build_tdbn(
     metadata_dim=64,
     metadata_heads=4,
     metadata_layers=1,
+    bn_momentum=BN_MOMENTUM,
 ):
     """Builds the Transformer Dual-Branch Network or one of its Table 3 ablations, taking 0-255 RGB images.
 
@@ -150,6 +177,11 @@ def build_tdbn(
         metadata_dim: token width of `MetadataTransformer`.
         metadata_heads: heads of `MetadataTransformer`.
         metadata_layers: blocks of `MetadataTransformer`.
+        bn_momentum: momentum of every BatchNormalization layer, the encoders' included.
+
+    Returns:
+        A `SkinModel` whose contract names its inputs, `logits` and the Grad-CAM targets (each encoder's
+        output; in the dual variants the segmented branch is key-only).
     """
     if variant not in VARIANTS:
         raise ValueError(f"Unknown TDBN variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
@@ -163,34 +195,38 @@ def build_tdbn(
     if variant in ("original_only", "segmented_only"):
         branch = variant.split("_")[0]
         image = keras.Input((*size, 3), name=branch)
-        fmap = encode_image(image, encoder, weights, size, branch)
+        fmap = encode_image(image, encoder, weights, size, branch, bn_momentum)
         x = layers.GlobalAveragePooling2D(name="gap")(fmap)
-        outputs = classification_head(x, num_classes, head_units, dropout)
-        return keras.Model({branch: image}, outputs, name=f"{str(encoder).lower()}_{variant}")
+        outputs = classification_head(x, num_classes, head_units, dropout, bn_momentum)
+        return classifier_model({branch: image}, outputs, f"{str(encoder).lower()}_{variant}",
+                                [encoder_target(branch)], variant)
 
     inputs = {name: keras.Input((*size, 3), name=name) for name in IMAGE_INPUTS}
     tokens = {}
     for branch in IMAGE_INPUTS:
-        fmap = encode_image(inputs[branch], encoder, weights, size, branch)
+        fmap = encode_image(inputs[branch], encoder, weights, size, branch, bn_momentum)
         h, w, channels = (int(d) for d in fmap.shape[1:])
         tokens[branch] = layers.Reshape((h * w, channels), name=f"{branch}_tokens")(fmap)
     x = CrossAttentionBlock(num_heads, key_dim, ffn_dim, attention_dropout, name="cross_attention")(
-        [tokens["original"], tokens["segmented"]]
+        [tokens[ORIGINAL], tokens[SEGMENTED]]
     )
     x = layers.GlobalAveragePooling1D(name="token_pool")(x)
     dim = int(projection_dim) if projection_dim else channels
-    vision = dense_bn_relu_dropout(x, dim, dropout, "vision_projection")
+    vision = dense_bn_relu_dropout(x, dim, dropout, "vision_projection", bn_momentum)
+    # The segmented tokens are only the attention keys (Eq. 5-6): Grad-CAM weights vanish there.
+    targets = [encoder_target(ORIGINAL), encoder_target(SEGMENTED, keys_only=True)]
 
     if variant == "tdbn_no_meta":
-        return keras.Model(inputs, classification_head(vision, num_classes, head_units, dropout), name="tdbn_no_meta")
+        outputs = classification_head(vision, num_classes, head_units, dropout, bn_momentum)
+        return classifier_model(inputs, outputs, "tdbn_no_meta", targets, variant)
 
     if not num_features or int(num_features) < 1:
         raise ValueError("build_tdbn(variant='tdbn') needs num_features, the width of the metadata vector")
     num_features = int(num_features)
-    inputs["metadata"] = keras.Input((num_features,), name="metadata")
-    inputs["metadata_mask"] = keras.Input((1,), name="metadata_mask")
+    inputs[METADATA] = keras.Input((num_features,), name=METADATA)
+    inputs[METADATA_MASK] = keras.Input((1,), name=METADATA_MASK)
     if metadata_encoder == "mlp":
-        tabular_layer = TabularEmbedding(tabular_units, name="tabular_embedding")
+        tabular_layer = TabularEmbedding(tabular_units, bn_momentum=bn_momentum, name="tabular_embedding")
     else:
         groups = tuple(metadata_groups) if metadata_groups else (1, 2, num_features - 3)
         if min(groups) < 1 or sum(groups) != num_features:
@@ -202,7 +238,8 @@ def build_tdbn(
             groups, metadata_dim, metadata_heads, metadata_layers, dropout=attention_dropout,
             name="metadata_transformer",
         )
-    tabular = tabular_layer([inputs["metadata"], inputs["metadata_mask"]])
-    tabular = dense_bn_relu_dropout(tabular, dim, dropout, "tabular_projection")
-    fused = MaskedAdditiveFusion(name="fusion")([vision, tabular, inputs["metadata_mask"]])
-    return keras.Model(inputs, classification_head(fused, num_classes, head_units, dropout), name="tdbn")
+    tabular = tabular_layer([inputs[METADATA], inputs[METADATA_MASK]])
+    tabular = dense_bn_relu_dropout(tabular, dim, dropout, "tabular_projection", bn_momentum)
+    fused = MaskedAdditiveFusion(name="fusion")([vision, tabular, inputs[METADATA_MASK]])
+    outputs = classification_head(fused, num_classes, head_units, dropout, bn_momentum)
+    return classifier_model(inputs, outputs, "tdbn", targets, variant)

@@ -31,7 +31,8 @@ def runs(tmp_path_factory):
     import keras
 
     from skinkeras.data.synthetic import make_synthetic
-    from skinkeras.models.seg_baselines import build_segmentation_model, inference_model
+    from skinkeras.models.contract import export_model
+    from skinkeras.models.deep_unet import build_deep_unet
 
     root = tmp_path_factory.mktemp("explain")
     data = make_synthetic(root, n=80, seed=2, image_size=(96, 72), datasets=("ham10000",))["ham10000"]
@@ -47,7 +48,7 @@ def runs(tmp_path_factory):
     ok("cls-train", "--data-dir", data, "--seg-dir", root / "seg", "--out", tdbn, *SMALL)
     ok("cls-train", "--data-dir", data, "--variant", "original_only", "--out", baseline, *SMALL)
     keras.utils.set_random_seed(0)
-    seg_model = inference_model(build_segmentation_model("deep_unet", image_size=64, encoder="mobilenetv2",
+    seg_model = export_model(build_deep_unet(image_size=64, encoder="mobilenetv2",
                                                          weights=None, decoder_filters=(16, 8, 8, 8, 8),
                                                          aspp_filters=8))
     seg_model.save(root / "seg.keras")

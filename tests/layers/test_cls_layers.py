@@ -13,6 +13,7 @@ from skinkeras.layers import (
     TabularEmbedding,
     TransformerEncoderBlock,
 )
+from skinkeras.layers.fusion import availability_gate
 
 pytestmark = pytest.mark.backend
 
@@ -29,10 +30,16 @@ def mask(*values):
     return np.array(values, "float32").reshape(-1, 1)
 
 
+def bn_momenta(layer):
+    """Momentum of every BatchNormalization inside `layer`, in walk order."""
+    return [sub.momentum for sub in layer._flatten_layers() if isinstance(sub, keras.layers.BatchNormalization)]
+
+
 CASES = [
     ("cross_attention", lambda: CrossAttentionBlock(num_heads=2, key_dim=4, ffn_dim=16),
      lambda: [normal((3, 4, 8), 0), normal((3, 4, 8), 1)], (3, 4, 8)),
-    ("tabular", lambda: TabularEmbedding((8, 12)), lambda: [normal((3, 6), 0), mask(1, 0, 1)], (3, 12)),
+    ("tabular", lambda: TabularEmbedding((8, 12), bn_momentum=0.9), lambda: [normal((3, 6), 0), mask(1, 0, 1)],
+     (3, 12)),
     ("metadata_transformer", lambda: MetadataTransformer((1, 2, 3), dim=8, num_heads=2, num_layers=2),
      lambda: [normal((3, 6), 0), mask(1, 0, 1)], (3, 8)),
     ("fusion", lambda: MaskedAdditiveFusion(), lambda: [normal((3, 5), 0), normal((3, 5), 1), mask(1, 0, 1)], (3, 5)),
@@ -40,6 +47,7 @@ CASES = [
     ("encoder_block", lambda: TransformerEncoderBlock(2, 16, dropout=0.1), lambda: [normal((2, 5, 8), 0)], (2, 5, 8)),
     ("select_token", lambda: SelectToken(1), lambda: [normal((2, 5, 8), 0)], (2, 8)),
 ]
+BN_COUNT = {"tabular": 2}  # BatchNormalization sublayers (built with bn_momentum=0.9); the other layers have none
 
 
 @pytest.mark.parametrize("name,make,data,expected", CASES, ids=[c[0] for c in CASES])
@@ -55,6 +63,8 @@ def test_layer_shape_config_and_save(name, make, data, expected, tmp_path):
     assert tuple(layer.compute_output_shape(shapes[0] if single else shapes))[1:] == expected[1:]
     clone = layer.__class__.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+    momenta = [0.9] * BN_COUNT.get(name, 0)
+    assert bn_momenta(layer) == momenta and bn_momenta(clone) == momenta
 
     model = keras.Model(inputs[0] if single else inputs, output)
     feed = data[0] if single else data
@@ -62,8 +72,10 @@ def test_layer_shape_config_and_save(name, make, data, expected, tmp_path):
     assert before.shape == expected
     path = tmp_path / "layer.keras"
     model.save(path)
-    after = np_(keras.models.load_model(path)(feed, training=False))
+    restored = keras.models.load_model(path)
+    after = np_(restored(feed, training=False))
     np.testing.assert_allclose(before, after, atol=1e-5)
+    assert bn_momenta(restored.get_layer(layer.name)) == momenta
 
 
 # --- cross-attention (paper 5.3) -------------------------------------------------------------------------------
@@ -138,6 +150,23 @@ def test_tabular_embedding_is_eq7_times_availability():
     assert np.all(np_(layer([x, alpha], training=True))[[1, 3]] == 0.0)
 
 
+def test_tabular_embedding_bn_momentum_is_serialised_and_used():
+    # Configs saved before `bn_momentum` existed lack the key: Keras' default 0.99, as before.
+    config = TabularEmbedding((8, 6), bn_momentum=0.9).get_config()
+    assert config["bn_momentum"] == 0.9
+    del config["bn_momentum"]
+    legacy = TabularEmbedding.from_config(config)
+    assert legacy.bn_momentum == 0.99 and bn_momenta(legacy) == [0.99, 0.99]
+    # One training step moves the moving mean by (1 - momentum) of the batch mean (it starts at 0).
+    keras.utils.set_random_seed(7)
+    layer = TabularEmbedding((8, 6), bn_momentum=0.9)
+    x, alpha = normal((4, 5), 0), mask(1, 0, 1, 1)
+    layer([x, alpha], training=True)
+    ops = keras.ops
+    hidden = np_(ops.relu(ops.matmul(x, layer.dense1.kernel) + layer.dense1.bias))
+    np.testing.assert_allclose(np_(layer.bn1.moving_mean), 0.1 * hidden.mean(axis=0), atol=1e-5)
+
+
 def test_metadata_transformer_masks_and_reads_every_group():
     keras.utils.set_random_seed(5)
     layer = MetadataTransformer((1, 2, 3), dim=8, num_heads=2, dropout=0.0)
@@ -157,6 +186,9 @@ def test_fusion_adds_tabular_only_where_available():
     out = np_(MaskedAdditiveFusion()([vision, tabular, alpha]))
     np.testing.assert_array_equal(out[1], vision[1])
     np.testing.assert_allclose(out[[0, 2]], (vision + tabular)[[0, 2]], atol=1e-6)
+    gate = availability_gate(np.array([1.0, 0.0, 1.0], "float32"), keras.ops.cast(vision, "float16"))
+    assert tuple(gate.shape) == (3, 1) and keras.backend.standardize_dtype(gate.dtype) == "float16"
+    np.testing.assert_array_equal(np_(gate), alpha)
     with pytest.raises(ValueError, match="equal widths"):
         MaskedAdditiveFusion()([keras.Input((4,)), keras.Input((3,)), keras.Input((1,))])
 

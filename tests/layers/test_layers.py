@@ -10,24 +10,33 @@ pytestmark = pytest.mark.backend
 
 
 def roundtrip(model, inputs, tmp_path):
-    """Saves and reloads `model`; returns (original outputs, reloaded outputs)."""
+    """Saves and reloads `model`; returns (original outputs, reloaded outputs, reloaded model)."""
     before = model.predict(inputs, verbose=0)
     path = tmp_path / "model.keras"
     model.save(path)
     restored = keras.models.load_model(path)
-    return before, restored.predict(inputs, verbose=0)
+    return before, restored.predict(inputs, verbose=0), restored
 
 
 def check_config(layer):
     clone = layer.__class__.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+    return clone
+
+
+def bn_momenta(layer):
+    """Momentum of every BatchNormalization inside `layer`, in walk order."""
+    return [sub.momentum for sub in layer._flatten_layers() if isinstance(sub, keras.layers.BatchNormalization)]
 
 
 CASES = [
-    ("aspp", lambda: ASPP(8, rates=(1, 2, 3), dropout=0.1), [(2, 8, 8, 5)], (2, 8, 8, 8)),
-    ("double_conv", lambda: SeparableDoubleConv(6), [(2, 8, 8, 4)], (2, 8, 8, 6)),
-    ("dag", lambda: DepthwiseAttentionGate(6, inter_filters=3), [(2, 8, 8, 5), (2, 8, 8, 7)], (2, 8, 8, 6)),
+    ("aspp", lambda: ASPP(8, rates=(1, 2, 3), dropout=0.1, bn_momentum=0.9), [(2, 8, 8, 5)], (2, 8, 8, 8)),
+    ("double_conv", lambda: SeparableDoubleConv(6, bn_momentum=0.9), [(2, 8, 8, 4)], (2, 8, 8, 6)),
+    ("dag", lambda: DepthwiseAttentionGate(6, inter_filters=3, bn_momentum=0.9), [(2, 8, 8, 5), (2, 8, 8, 7)],
+     (2, 8, 8, 6)),
 ]
+# BatchNormalization sublayers of each case: ASPP 1x1 + three atrous branches + fuse; two convs; dsc + psi.
+BN_COUNT = {"aspp": 5, "double_conv": 2, "dag": 2}
 
 
 @pytest.mark.parametrize("name,make,shapes,expected", CASES, ids=[c[0] for c in CASES])
@@ -40,12 +49,25 @@ def test_layer_shape_config_and_save(name, make, shapes, expected, tmp_path):
     assert tuple(output.shape[1:]) == expected[1:]
     assert tuple(layer.compute_output_shape([(None, *s[1:]) for s in shapes] if len(shapes) > 1
                                             else (None, *shapes[0][1:])))[1:] == expected[1:]
-    check_config(layer)
+    assert bn_momenta(layer) == [0.9] * BN_COUNT[name]
+    clone = check_config(layer)
+    assert clone.get_config()["bn_momentum"] == 0.9 and bn_momenta(clone) == [0.9] * BN_COUNT[name]
     model = keras.Model(inputs, output)
     data = [np.random.default_rng(i).normal(size=s).astype("float32") for i, s in enumerate(shapes)]
-    before, after = roundtrip(model, data if len(data) > 1 else data[0], tmp_path)
+    before, after, restored = roundtrip(model, data if len(data) > 1 else data[0], tmp_path)
     assert before.shape == expected
     np.testing.assert_allclose(before, after, atol=1e-5)
+    reloaded = restored.get_layer(layer.name)
+    assert reloaded.bn_momentum == 0.9 and bn_momenta(reloaded) == [0.9] * BN_COUNT[name]
+
+
+@pytest.mark.parametrize("name,make,shapes,expected", CASES, ids=[c[0] for c in CASES])
+def test_config_without_bn_momentum_keeps_keras_default(name, make, shapes, expected):
+    # Configs saved before `bn_momentum` existed lack the key: they must build exactly as before (0.99).
+    config = make().get_config()
+    del config["bn_momentum"]
+    layer = make().__class__.from_config(config)
+    assert layer.bn_momentum == 0.99 and bn_momenta(layer) == [0.99] * BN_COUNT[name]
 
 
 def test_aspp_branches_see_different_context():
@@ -96,7 +118,7 @@ def test_encoder_preprocess_matches_keras_applications(mode, reference, tmp_path
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-4)
     check_config(layer)
     inp = keras.Input((5, 5, 3))
-    before, after = roundtrip(keras.Model(inp, layer(inp)), x, tmp_path)
+    before, after, _ = roundtrip(keras.Model(inp, layer(inp)), x, tmp_path)
     np.testing.assert_allclose(before, after)
 
 

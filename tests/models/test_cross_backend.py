@@ -8,11 +8,12 @@ from conftest import installed_backends, run_python
 COMMON = """
 import sys, numpy as np, keras
 import skinkeras.layers
-from skinkeras.models.seg_baselines import build_segmentation_model, inference_model
+from skinkeras.models.contract import export_model
+from skinkeras.models.deep_unet import build_deep_unet
 folder = sys.argv[1]
 def build():
     keras.utils.set_random_seed(0)
-    return inference_model(build_segmentation_model("deep_unet", image_size=64, encoder="mobilenetv2", weights=None,
+    return export_model(build_deep_unet(image_size=64, encoder="mobilenetv2", weights=None,
                                                     decoder_filters=(32, 16, 16, 8, 8), aspp_filters=16))
 def predict(model, name):
     np.save(f"{folder}/{name}_{keras.backend.backend()}.npy", model.predict(np.load(f"{folder}/x.npy"), verbose=0))

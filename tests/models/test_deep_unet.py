@@ -6,7 +6,7 @@ import pytest
 
 from skinkeras.layers import ASPP, DepthwiseAttentionGate
 from skinkeras.models.deep_unet import build_deep_unet
-from skinkeras.models.seg_baselines import inference_model
+from skinkeras.models.contract import export_model
 
 pytestmark = pytest.mark.backend
 
@@ -44,7 +44,7 @@ def test_paper_blocks_present(small_model):
 
 
 def test_inference_model_drops_aux_heads_and_roundtrips(small_model, tmp_path):
-    inf = inference_model(small_model)
+    inf = export_model(small_model)
     x = images(seed=1)
     pred = inf.predict(x, verbose=0)
     assert pred.shape == (2, 64, 64, 1)

@@ -44,8 +44,29 @@ def test_weights_file_is_loaded(tmp_path):
     loaded = build_encoder("mobilenetv2", (64, 64, 3), weights=path)
     for a, b in zip(source.weights, loaded.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    # bn_momentum is applied after the weights are loaded and leaves them untouched.
+    tuned = build_encoder("mobilenetv2", (64, 64, 3), weights=path, bn_momentum=0.9)
+    assert set(bn_momenta(tuned)) == {0.9}
+    for a, b in zip(source.weights, tuned.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     with pytest.raises(ValueError, match="does not fit a headless DenseNet121"):
         build_encoder("densenet121", (64, 64, 3), weights=path)
+
+
+def bn_momenta(model):
+    return [layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_bn_momentum_is_set_and_survives_save_load(tmp_path):
+    default = bn_momenta(build_encoder("mobilenetv2", (32, 32, 3)))
+    assert default and 0.9 not in default  # keras.applications' own value unless asked
+    encoder = build_encoder("mobilenetv2", (32, 32, 3), bn_momentum=0.9)
+    momenta = bn_momenta(encoder)
+    assert len(momenta) == len(default) and set(momenta) == {0.9}
+    path = tmp_path / "encoder.keras"
+    keras.Model(encoder.input, encoder.output).save(path)
+    restored = keras.models.load_model(path)
+    assert bn_momenta(restored) == momenta
 
 
 def test_offline_imagenet_error_names_the_way_out(monkeypatch):

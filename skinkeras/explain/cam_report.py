@@ -9,11 +9,16 @@ branch, with the mask source named) and skipped.csv.
 
 import os
 
+import keras
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from skinkeras import runs
+from skinkeras.classification.records import folder_records, split_subset
+from skinkeras.config import ExplainConfig
+from skinkeras.data.masks import mask_name, read_mask, resize_mask
+from skinkeras.data.segdir import SegDir
 from skinkeras.explain.gradcam import (
     cam_mass_in_mask,
     cam_targets,
@@ -23,6 +28,8 @@ from skinkeras.explain.gradcam import (
     pointing_game,
     upsample_cams,
 )
+from skinkeras.inference import cls_arrays, load_cls_run, load_model, model_image_size
+from skinkeras.models.contract import CLASSIFICATION, ORIGINAL, SEGMENTED, contract_of
 
 GT_MASK_SOURCE = "ground truth"
 PREDICTED_MASK_SOURCE = "Deep-UNet prediction"
@@ -41,26 +48,6 @@ def class_index_of(name, classes):
     return lookup[str(name).lower()]
 
 
-def folder_records(images, seg_dir=None):
-    """Unlabelled records of every image in a folder (no metadata: availability 0).
-
-    Args:
-        images: image folder.
-        seg_dir: folder written by `segment` (its segmented/ID.jpg), or None.
-    """
-    from skinkeras.data.isic2018 import list_images
-    from skinkeras.train import SEGMENTED_SUBDIR
-
-    paths = list_images(images)
-    if not paths:
-        raise FileNotFoundError(f"No images in {images}")
-    ids = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    df = pd.DataFrame({"image_id": ids, "image_path": paths, "label": -1, "age": np.nan, "sex": None, "site": None})
-    if seg_dir:
-        df["seg_path"] = [os.path.join(seg_dir, SEGMENTED_SUBDIR, f"{i}.jpg") for i in ids]
-    return df
-
-
 def lesion_masks(df, cfg, masks=None, seg_dir=None):
     """Finds a lesion mask per record; returns (paths list with None where absent, source description).
 
@@ -75,7 +62,6 @@ def lesion_masks(df, cfg, masks=None, seg_dir=None):
         seg_dir: SEGDIR override.
     """
     from skinkeras.data.ham10000 import MASK_FOLDER
-    from skinkeras.evaluate import MASKS_DIR, mask_name
 
     candidates = []
     if masks:
@@ -87,8 +73,9 @@ def lesion_masks(df, cfg, masks=None, seg_dir=None):
         candidates.append((os.path.join(data_dir, MASK_FOLDER), f"{GT_MASK_SOURCE} (HAM10000 lesion masks, "
                                                                   f"{os.path.join(data_dir, MASK_FOLDER)})"))
     seg = seg_dir or getattr(cfg, "seg_dir", None)
-    if seg and os.path.isdir(os.path.join(seg, MASKS_DIR)):
-        candidates.append((os.path.join(seg, MASKS_DIR), f"{PREDICTED_MASK_SOURCE} ({os.path.join(seg, MASKS_DIR)})"))
+    if seg and os.path.isdir(SegDir(seg).masks_folder):
+        folder = SegDir(seg).masks_folder
+        candidates.append((folder, f"{PREDICTED_MASK_SOURCE} ({folder})"))
     for folder, source in candidates:
         paths = [os.path.join(folder, mask_name(i)) for i in df.image_id]
         found = [p if os.path.isfile(p) else None for p in paths]
@@ -97,24 +84,15 @@ def lesion_masks(df, cfg, masks=None, seg_dir=None):
     return [None] * len(df), None
 
 
-def _read_mask(path, size):
-    from skinkeras.metrics import read_mask
-
-    mask = Image.fromarray(read_mask(path).astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
-    return np.asarray(mask) > 127
-
-
-def _model_inputs(model_path, df, default_encoder, progress):
+def _model_inputs(model_path, df, default_encoder, progress, model=None):
     """Loads a classifier and the arrays it needs for `df`; returns (model, arrays, kept rows, skipped)."""
     from skinkeras.data.metadata import MetadataEncoder
-    from skinkeras.evaluate import load_model, model_image_size
-    from skinkeras.train import cls_arrays, model_input_names
 
-    model = load_model(model_path)
+    model = model or load_model(model_path, task=CLASSIFICATION)
     encoder_json = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metadata_encoder.json")
     encoder = MetadataEncoder.from_dict(runs.read_json(encoder_json)) if os.path.isfile(encoder_json) else default_encoder
-    names = model_input_names(model)
-    if "segmented" in names and "seg_path" not in df:
+    names = contract_of(model).inputs
+    if SEGMENTED in names and "seg_path" not in df:
         raise ValueError(f"{model_path} needs segmented images: pass --seg-dir SEGDIR written by `python cli.py segment`")
     arrays, kept, skipped = cls_arrays(df, encoder, model_image_size(model), names, progress)
     return model, arrays, kept, skipped
@@ -150,13 +128,12 @@ def gradcam_report(model_path, out, baseline_path=None, images=None, subset="tes
     Returns:
         the cam_metrics.json dict.
     """
-    from skinkeras.evaluate import cls_records, load_cls_run
-
-    _, cfg, classes, encoder, run_dir = load_cls_run(model_path)
+    run = load_cls_run(model_path)
+    cfg, classes, encoder = run.cfg, run.classes, run.encoder
     if images:
         df, problems, source = folder_records(images, seg_dir or cfg.seg_dir), [], f"all images of {images}"
     else:
-        df, problems, source = cls_records(cfg, run_dir, subset, seg_dir=seg_dir)
+        df, problems, source = split_subset(cfg, run.dir, run.needs_segmented, subset, seg_dir=seg_dir)
     if df.empty:
         raise ValueError(f"No images to explain in {source}")
     order = np.random.default_rng(seed).permutation(len(df))
@@ -166,18 +143,18 @@ def gradcam_report(model_path, out, baseline_path=None, images=None, subset="tes
     labelled = {"model": model_path, **({"baseline": baseline_path} if baseline_path else {})}
     loaded, kept, skipped = {}, np.arange(len(df)), []
     for label, path in labelled.items():
-        model, arrays, ok, bad = _model_inputs(path, df, encoder, progress)
+        model, arrays, ok, bad = _model_inputs(path, df, encoder, progress, run.model if label == "model" else None)
         loaded[label] = (model, arrays)
         kept = np.intersect1d(kept, ok)
         skipped += bad
     df = df.iloc[kept].reset_index(drop=True)
     first_arrays = loaded["model"][1]
-    display_name = "original" if "original" in first_arrays else "segmented"
+    display_name = ORIGINAL if ORIGINAL in first_arrays else SEGMENTED
     display = first_arrays[display_name][kept]
     size = display.shape[1:3]
 
     mask_paths, mask_source = lesion_masks(df, cfg, masks, seg_dir)
-    lesion = [(_read_mask(p, size) if p else None) for p in mask_paths]
+    lesion = [(resize_mask(read_mask(p), size).astype(bool) if p else None) for p in mask_paths]
 
     os.makedirs(os.path.join(out, "overlays"), exist_ok=True)
     cams, per_image = {}, pd.DataFrame({"image_id": df.image_id, "label": [classes[i] if i >= 0 else "" for i in df.label]})
@@ -236,7 +213,7 @@ def gradcam_report(model_path, out, baseline_path=None, images=None, subset="tes
         "images_with_mask": int(sum(m is not None for m in lesion)),
         "input_size": list(size),
         "models": summary,
-        "backend": __import__("keras").backend.backend(),
+        "backend": keras.backend.backend(),
     }
     runs.write_json(os.path.join(out, "cam_metrics.json"), metrics)
     runs.write_skipped(out, list(problems) + skipped)
@@ -245,4 +222,15 @@ def gradcam_report(model_path, out, baseline_path=None, images=None, subset="tes
 
 def _figure_order(cams):
     """Baseline first, then the model's branches (original before segmented): the paper's column order."""
-    return sorted(cams, key=lambda key: (key[0] != "baseline", key[1] != "original"))
+    return sorted(cams, key=lambda key: (key[0] != "baseline", key[1] != ORIGINAL))
+
+
+def explain(cfg: ExplainConfig, progress=True):
+    """The `gradcam` stage; returns the cam_metrics.json dict.
+
+    Args:
+        cfg: `ExplainConfig`.
+        progress: show progress bars.
+    """
+    return gradcam_report(cfg.model, cfg.out, cfg.baseline, cfg.images, cfg.subset, cfg.n, cfg.layer, cfg.class_name,
+                          cfg.masks, cfg.seg_dir, cfg.method, cfg.batch_size, cfg.seed, progress)

@@ -6,6 +6,8 @@ import numpy as np
 from PIL import Image
 
 from skinkeras import runs
+from skinkeras.config import PredictConfig
+from skinkeras.models.contract import ORIGINAL, SEGMENTATION, SEGMENTED
 
 
 def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None, site=None, out=None,
@@ -31,32 +33,31 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
     Returns:
         dict with the sorted class probabilities, the explained class, and the files written.
     """
-    from skinkeras.data.metadata import sample_availability
+    from skinkeras.data.masks import mask_name, resize_mask, write_mask
     from skinkeras.data.pipeline import read_rgb, resize_rgb
-    from skinkeras.evaluate import (
+    from skinkeras.data.segdir import JPEG_QUALITY, segmented_image
+    from skinkeras.explain.gradcam import grad_cam, overlay, upsample_cams
+    from skinkeras.inference import (
         load_cls_run,
         load_model,
-        mask_name,
         model_image_size,
+        one_image_inputs,
+        predict_masks,
         probability_to_mask,
-        segmented_image,
     )
-    from skinkeras.explain.gradcam import grad_cam, overlay, upsample_cams
-    from skinkeras.train import model_input_names, predict_masks
 
     image = read_rgb(image_path)  # ImageReadError: one line naming the file
-    cls_model, _, classes, encoder, _ = load_cls_run(cls_model_path)
-    features, avail = encoder.encode_one(age, sex, site)  # unknown sex / site: one line listing the valid values
-    seg_model = load_model(seg_model_path)
+    run = load_cls_run(cls_model_path)
+    cls_model, classes = run.model, run.classes
+    seg_model = load_model(seg_model_path, task=SEGMENTATION)
     prob = predict_masks(seg_model, resize_rgb(image, model_image_size(seg_model))[None], 1)[0]
     mask = probability_to_mask(prob, image.shape[:2])
     segmented = segmented_image(image, mask)
 
     size = model_image_size(cls_model)
-    views = {"original": resize_rgb(image, size)[None], "segmented": resize_rgb(segmented, size)[None]}
-    inputs = {"metadata": features, "metadata_mask": sample_availability(avail)}
-    inputs.update({k: v for k, v in views.items()})
-    inputs = {k: v for k, v in inputs.items() if k in model_input_names(cls_model)}
+    views = {ORIGINAL: resize_rgb(image, size)[None], SEGMENTED: resize_rgb(segmented, size)[None]}
+    # unknown sex / site: one line listing the valid values
+    inputs, has_metadata = one_image_inputs(run.contract, views, run.encoder, age, sex, site)
     result = grad_cam(cls_model, inputs, layer=layer, method=method)
     probs = result.probabilities[0]
     ranking = [(classes[i], float(probs[i])) for i in np.argsort(-probs)]
@@ -65,7 +66,7 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
         "probabilities": dict(ranking),
         "predicted": ranking[0][0],
         "explained_class": classes[int(result.class_index[0])],
-        "metadata_available": bool(avail.any()),
+        "metadata_available": has_metadata,
         "lesion_fraction": float(mask.mean()),
         "cam_method": method,
         "files": {},
@@ -74,15 +75,16 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
         os.makedirs(out, exist_ok=True)
         image_id = os.path.splitext(os.path.basename(image_path))[0]
         files = {"mask": os.path.join(out, mask_name(image_id)),
-                 "segmented": os.path.join(out, f"{image_id}_segmented.jpg"),
+                 SEGMENTED: os.path.join(out, f"{image_id}_{SEGMENTED}.jpg"),
                  "cam": os.path.join(out, f"{image_id}_cam.png")}
-        Image.fromarray(mask.astype(np.uint8) * 255).save(files["mask"])
-        Image.fromarray(segmented).save(files["segmented"], quality=95)
-        small_mask = np.repeat(resize_rgb(np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1), size)[..., :1], 3, -1)
-        panels = [views["original"][0], small_mask]
+        write_mask(files["mask"], mask)
+        Image.fromarray(segmented).save(files[SEGMENTED], quality=JPEG_QUALITY)
+        small_mask = np.repeat(resize_mask(mask, size)[..., None] * 255, 3, -1).astype(np.uint8)
+        panels = [views[ORIGINAL][0], small_mask]
         for target in result.targets:
             cam = upsample_cams(result.raw[target.branch], size)[0]
-            panels.append(overlay(views[_drawn_on(target.branch)][0], cam))
+            # each branch's map is drawn over the view it looks at (the segmented branch over the segmented image)
+            panels.append(overlay(views.get(target.branch, views[ORIGINAL])[0], cam))
         Image.fromarray(np.concatenate(panels, axis=1)).save(files["cam"])
         report["files"] = files
         report["cam_panels"] = ["image", "mask"] + [t.branch for t in result.targets]
@@ -90,6 +92,11 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
     return report
 
 
-def _drawn_on(branch):
-    """The view a branch's CAM is drawn over: the segmented branch over the segmented image."""
-    return "segmented" if branch == "segmented" else "original"
+def predict(cfg: PredictConfig):
+    """The `predict` stage; returns the prediction report.
+
+    Args:
+        cfg: `PredictConfig`.
+    """
+    return predict_image(cfg.image, cfg.seg_model, cfg.cls_model, cfg.age, cfg.sex, cfg.site, cfg.out, cfg.method,
+                         cfg.layer)

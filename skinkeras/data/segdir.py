@@ -1,0 +1,82 @@
+"""The SEGDIR layout written by `segment` and read by the classifiers: one reader and one writer.
+
+    SEGDIR/masks/ID_segmentation.png   predicted lesion mask (0/255, the ISIC submission format)
+    SEGDIR/segmented/ID.jpg            original x binary mask (paper Figure 2), JPEG quality 95
+    SEGDIR/segment.json, skipped.csv   what was written and what was left out
+
+JPEG rather than PNG: a tenth of the size, which matters for 10k-25k images.
+"""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from skinkeras.data.masks import mask_name, write_mask
+from skinkeras.models.contract import SEGMENTED
+
+MASKS_DIR = "masks"
+# The segmented images are stored under the name of the classifier input they feed.
+SEGMENTED_DIR = SEGMENTED
+JPEG_QUALITY = 95
+
+
+def segmented_image(image, mask):
+    """Original image times its binary lesion mask (paper Figure 2).
+
+    Args:
+        image: uint8 (H, W, 3).
+        mask: bool (H, W).
+    """
+    return image * np.asarray(mask)[..., None].astype(image.dtype)
+
+
+class SegDir:
+    """A folder in the SEGDIR layout.
+
+    Args:
+        root: the folder.
+    """
+
+    def __init__(self, root):
+        self.root = str(root)
+
+    @property
+    def masks_folder(self):
+        return os.path.join(self.root, MASKS_DIR)
+
+    @property
+    def segmented_folder(self):
+        return os.path.join(self.root, SEGMENTED_DIR)
+
+    def mask_path(self, image_id):
+        """Path of the predicted mask of `image_id`."""
+        return os.path.join(self.masks_folder, mask_name(image_id))
+
+    def segmented_path(self, image_id):
+        """Path of the segmented image of `image_id`."""
+        return os.path.join(self.segmented_folder, f"{image_id}.jpg")
+
+    def has(self, image_id):
+        """Whether both outputs of `image_id` exist (a finished image)."""
+        return os.path.isfile(self.mask_path(image_id)) and os.path.isfile(self.segmented_path(image_id))
+
+    def create(self):
+        """Creates the sub-folders; returns self."""
+        os.makedirs(self.masks_folder, exist_ok=True)
+        os.makedirs(self.segmented_folder, exist_ok=True)
+        return self
+
+    def write(self, image_id, image, mask):
+        """Writes the mask and the segmented image of one image; the JPEG appears only when complete.
+
+        Args:
+            image_id: image id.
+            image: uint8 (H, W, 3) original.
+            mask: bool (H, W) at the image's size.
+        """
+        write_mask(self.mask_path(image_id), mask)
+        path = self.segmented_path(image_id)
+        tmp = path + ".tmp.jpg"
+        Image.fromarray(segmented_image(image, mask)).save(tmp, quality=JPEG_QUALITY)
+        os.replace(tmp, path)  # a half-written file must not count as done on the next run

@@ -1,0 +1,254 @@
+"""The one inference path: loading models and runs, batched masks and probabilities, classifier inputs.
+
+Used by seg-eval, segment, cls-eval, gradcam, predict and the bench. Input
+names come from the model's contract (`skinkeras.models.contract`).
+"""
+
+import os
+import zipfile
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from PIL import Image
+
+from skinkeras import runs
+from skinkeras.data.pipeline import ImageReadError, read_rgb, resize_rgb
+from skinkeras.models.contract import CLASSIFICATION, METADATA, METADATA_MASK, ORIGINAL, SEGMENTED, contract_of
+
+
+def load_model(path, task=None):
+    """Loads a `.keras` model of this project (the custom layers are registered on import).
+
+    A missing file, a file that is not a Keras archive, a damaged archive and a
+    model of the other task each give one line that names the file.
+
+    Args:
+        path: `.keras` file.
+        task: "segmentation" or "classification" to check what the model is, or None.
+    """
+    import skinkeras.layers  # noqa: F401  (registers the custom layers)
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file not found: {path} (train one with `python cli.py seg-train` "
+                                "or `cls-train`; give RUN/best.keras)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras model file (not a zip archive; truncated or another format); "
+                         "give RUN/best.keras")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types here (zip CRC, h5, config errors)
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise ValueError(f"{path}: cannot load the model ({exc.__class__.__name__}: {reason}); the file is damaged, "
+                         "re-save it or use the run's last.keras") from None
+    if task is not None and contract_of(model).task != task:
+        raise ValueError(f"{path} is a {contract_of(model).task} model; this command needs a {task} model")
+    return model
+
+
+def model_image_size(model):
+    """(H, W) that the model's image inputs take.
+
+    Args:
+        model: keras model with image inputs.
+    """
+    shape = next(t.shape for t in model.inputs if len(t.shape) == 4)
+    return int(shape[1]), int(shape[2])
+
+
+def predict_masks(model, images, batch_size=8):
+    """Predicted lesion probabilities (N, H, W) of 0-255 images, from the main output.
+
+    Args:
+        model: segmentation model (dict or single output).
+        images: uint8 or float (N, H, W, 3) at the model's input size.
+        batch_size: prediction batch size.
+    """
+    out = model.predict(np.asarray(images, dtype="float32"), batch_size=batch_size, verbose=0)
+    if isinstance(out, dict):
+        out = out[contract_of(model).output]
+    return np.asarray(out)[..., 0]
+
+
+def probability_to_mask(prob, size):
+    """Resizes a probability map to (H, W) bilinearly and thresholds it at 0.5.
+
+    Args:
+        prob: float (h, w) probabilities.
+        size: (H, W) of the original image.
+    """
+    img = Image.fromarray(prob.astype(np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(img) > 0.5
+
+
+def predict_original_size(model, items, batch_size=8, progress=True, on_result=None):
+    """Predicts binary masks at each image's original size, reading images lazily in batches.
+
+    Unreadable images are skipped and returned, never raised, so a long run keeps its finished work.
+
+    Args:
+        model: segmentation model.
+        items: list of (image_id, image_path).
+        batch_size: images per prediction batch.
+        progress: show a progress bar.
+        on_result: called as on_result(image_id, image_uint8, mask_bool) for each image, as soon as it is done.
+
+    Returns:
+        list of (image_path, reason) skipped.
+    """
+    size = model_image_size(model)
+    bar = keras.utils.Progbar(len(items), unit_name="image") if progress and items else None
+    skipped, done = [], 0
+    for start in range(0, len(items), batch_size):
+        batch, originals = [], []
+        for image_id, path in items[start : start + batch_size]:
+            try:
+                image = read_rgb(path)
+            except ImageReadError as exc:
+                skipped.append((path, str(exc)))
+                continue
+            batch.append((image_id, path))
+            originals.append(image)
+        if batch:
+            probs = predict_masks(model, np.stack([resize_rgb(im, size) for im in originals]), batch_size)
+            for (image_id, _), image, prob in zip(batch, originals, probs):
+                on_result(image_id, image, probability_to_mask(prob, image.shape[:2]))
+        done += len(items[start : start + batch_size])
+        if bar is not None:
+            bar.update(done)
+    return skipped
+
+
+def cls_arrays(df, encoder, size, model_inputs, progress=True):
+    """Loads the images and metadata a classifier takes, for the rows of `df`.
+
+    Args:
+        df: records (image_path; seg_path when the model reads segmented images; age, sex, site).
+        encoder: fitted `MetadataEncoder`.
+        size: (H, W).
+        model_inputs: the model's input names (its contract's `inputs`).
+        progress: show progress bars.
+
+    Returns:
+        (arrays dict input name -> array over all rows, kept row positions, skipped [(path, reason)]).
+    """
+    from skinkeras.data.metadata import sample_availability
+    from skinkeras.data.pipeline import load_image_rows
+
+    kept = np.arange(len(df))
+    arrays, skipped = {}, []
+    for name, column in ((ORIGINAL, "image_path"), (SEGMENTED, "seg_path")):
+        if name in model_inputs:
+            images, ok, bad = load_image_rows(list(df[column]), size, progress)
+            full = np.zeros((len(df), *size, 3), np.uint8)
+            full[ok] = images
+            arrays[name] = full
+            kept = np.intersect1d(kept, ok)
+            skipped += bad
+    if METADATA in model_inputs:
+        features, avail = encoder.transform(df)
+        arrays[METADATA] = features
+        arrays[METADATA_MASK] = sample_availability(avail)
+    return arrays, kept, skipped
+
+
+def one_image_inputs(contract, views, encoder, age=None, sex=None, site=None):
+    """The input dict of one sample: the views the model takes and, if it takes them, the metadata.
+
+    Args:
+        contract: the classifier's contract.
+        views: dict ORIGINAL / SEGMENTED -> uint8 (1, H, W, 3).
+        encoder: fitted `MetadataEncoder`.
+        age: years or None.
+        sex: sex or None.
+        site: site or None.
+
+    Returns:
+        (inputs dict, whether any metadata was available).
+    """
+    from skinkeras.data.metadata import sample_availability
+
+    features, avail = encoder.encode_one(age, sex, site)  # unknown values: one line listing the valid ones
+    inputs = {METADATA: features, METADATA_MASK: sample_availability(avail), **views}
+    return {k: v for k, v in inputs.items() if k in contract.inputs}, bool(avail.any())
+
+
+def classifier_dataset(model, arrays, labels, batch_size, rows):
+    """Batches of the model's inputs over `rows` (no augmentation, in order).
+
+    Args:
+        model: classifier.
+        arrays: from `cls_arrays`.
+        labels: (N,) int labels (or -1).
+        batch_size: batch size.
+        rows: row positions to predict.
+    """
+    from skinkeras.data.pipeline import ClassificationDataset
+
+    contract = contract_of(model)
+    return ClassificationDataset(arrays, labels, contract.inputs, batch_size, image_inputs=contract.image_inputs,
+                                 plan=lambda epoch: rows)
+
+
+def predict_probabilities(model, arrays, labels, rows, batch_size=16, progress=False):
+    """(len(rows), num_classes) probabilities of a classifier.
+
+    Args:
+        model: classifier.
+        arrays: from `cls_arrays`.
+        labels: (N,) int labels (or -1).
+        rows: row positions to predict.
+        batch_size: batch size.
+        progress: show Keras' progress bar.
+    """
+    dataset = classifier_dataset(model, arrays, labels, batch_size, rows)
+    return np.asarray(model.predict(dataset, verbose=1 if progress else 0))
+
+
+@dataclass
+class ClsRun:
+    """A trained classifier with what its run folder knows about it.
+
+    Args:
+        model: the loaded model.
+        cfg: the run's `ClsTrainConfig`.
+        classes: class names in label order.
+        encoder: the run's fitted `MetadataEncoder`.
+        dir: the run folder.
+        path: the model file.
+    """
+
+    model: object
+    cfg: object
+    classes: tuple
+    encoder: object
+    dir: str
+    path: str
+
+    @property
+    def contract(self):
+        return contract_of(self.model)
+
+    @property
+    def needs_segmented(self):
+        return SEGMENTED in self.contract.inputs
+
+
+def load_cls_run(model_path):
+    """Loads RUN/best.keras of `cls-train` with its run folder's config, class names and metadata encoder.
+
+    Args:
+        model_path: a `.keras` file inside a cls-train run folder.
+    """
+    from skinkeras.classification.records import dataset_classes
+    from skinkeras.config import ClsTrainConfig, from_json
+    from skinkeras.data.metadata import MetadataEncoder
+
+    run_dir = os.path.dirname(os.path.abspath(model_path))
+    model = load_model(model_path, task=CLASSIFICATION)
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise FileNotFoundError(f"{run_dir} has no config.json: give the best.keras inside a cls-train run folder")
+    cfg = from_json(ClsTrainConfig, os.path.join(run_dir, "config.json"))
+    encoder = MetadataEncoder.from_dict(runs.read_json(os.path.join(run_dir, "metadata_encoder.json")))
+    return ClsRun(model, cfg, dataset_classes(cfg.dataset), encoder, run_dir, os.path.abspath(model_path))

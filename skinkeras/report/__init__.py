@@ -1,0 +1,1 @@
+"""What the user looks at: the figures of the run folders."""

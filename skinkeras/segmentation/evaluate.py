@@ -1,0 +1,111 @@
+"""`seg-eval`: masks in the ISIC submission format, scored exactly like the official scorer."""
+
+import os
+
+import pandas as pd
+
+from skinkeras import runs
+from skinkeras.config import SegEvalConfig
+from skinkeras.data.isic2018 import find_pairs, limit_pairs
+from skinkeras.data.masks import mask_name, read_mask, write_mask
+from skinkeras.data.segdir import MASKS_DIR
+from skinkeras.inference import load_model, predict_original_size
+from skinkeras.metrics import SEG_METRICS, mean_scores, score_mask_folders, seg_scores
+from skinkeras.models.contract import SEGMENTATION
+
+
+def write_seg_report(out, per_image, skipped, extra=None):
+    """Writes per_image.csv, metrics.json and skipped.csv of a segmentation evaluation.
+
+    Args:
+        out: output folder.
+        per_image: list of dicts with image_id and SEG_METRICS.
+        skipped: list of (path, reason).
+        extra: additional metrics.json entries.
+    """
+    frame = pd.DataFrame(per_image, columns=["image_id", *SEG_METRICS]).sort_values("image_id")
+    frame.to_csv(os.path.join(out, "per_image.csv"), index=False, float_format="%.6f")
+    metrics = {**mean_scores(per_image), "images": len(per_image), "skipped": len(skipped), **(extra or {})}
+    runs.write_json(os.path.join(out, "metrics.json"), metrics)
+    runs.write_skipped(out, skipped)
+    return metrics
+
+
+def seg_eval_model(model_path, out, data_dir=None, images=None, masks=None, subset="train", limit=None, seed=0,
+                   batch_size=8, progress=True):
+    """Predicts masks for a labelled set, writes them in the ISIC submission format and scores them.
+
+    Masks go to OUT/masks/ID_segmentation.png (0/255, original size); scores
+    per image to per_image.csv; macro means to metrics.json (keys dice,
+    jaccard, threshold_jaccard, accuracy, sensitivity, specificity), computed
+    exactly like the official ISIC scorer.
+
+    Args:
+        model_path: `.keras` model.
+        out: output folder.
+        data_dir: ISIC 2018 Task 1 folder (official layout).
+        images: plain image folder (instead of data_dir).
+        masks: plain mask folder.
+        subset: official subset (train, val, test) with data_dir.
+        limit: evaluate the first N pairs of a seeded order.
+        seed: seed of that order.
+        batch_size: prediction batch size.
+        progress: show a progress bar.
+    """
+    model = load_model(model_path, task=SEGMENTATION)
+    pairs, problems = find_pairs(data_dir, images, masks, subset=subset)
+    if limit:
+        pairs = sorted(limit_pairs(pairs, limit, seed), key=lambda p: p.image_id)
+    os.makedirs(os.path.join(out, MASKS_DIR), exist_ok=True)
+    runs.write_json(os.path.join(out, "env.json"), {**runs.environment(seed), "model": os.path.abspath(model_path)})
+    truth_paths = {p.image_id: p.mask_path for p in pairs}
+    per_image, skipped = [], list(problems)
+
+    def score(image_id, image, pred):
+        write_mask(os.path.join(out, MASKS_DIR, mask_name(image_id)), pred)
+        try:
+            truth = read_mask(truth_paths[image_id])
+        except ValueError as exc:
+            skipped.append((truth_paths[image_id], str(exc)))
+            return
+        if truth.shape != pred.shape:
+            skipped.append((truth_paths[image_id], f"mask size {truth.shape[::-1]} differs from image size "
+                                                   f"{pred.shape[::-1]}"))
+            return
+        per_image.append({"image_id": image_id, **seg_scores(truth, pred)})
+
+    skipped += predict_original_size(model, [(p.image_id, p.image_path) for p in pairs], batch_size, progress, score)
+    if not per_image:
+        raise ValueError(f"No image could be scored; see {os.path.join(out, 'skipped.csv')}")
+    return write_seg_report(out, per_image, skipped, {"model": os.path.abspath(model_path),
+                                                      "pred_dir": os.path.join(out, MASKS_DIR)})
+
+
+def seg_eval_folders(truth_dir, pred_dir, out):
+    """Scores existing mask folders (no model), like `isic-challenge-scoring segmentation`.
+
+    Args:
+        truth_dir: ground-truth masks (ISIC_xxxxxxx_segmentation.png).
+        pred_dir: predicted masks with the same ids.
+        out: output folder.
+    """
+    os.makedirs(out, exist_ok=True)
+    frame, means = score_mask_folders(truth_dir, pred_dir)
+    frame.to_csv(os.path.join(out, "per_image.csv"), index=False, float_format="%.6f")
+    metrics = {**means, "images": len(frame), "truth_dir": os.path.abspath(truth_dir),
+               "pred_dir": os.path.abspath(pred_dir)}
+    runs.write_json(os.path.join(out, "metrics.json"), metrics)
+    return metrics
+
+
+def evaluate_segmentation(cfg: SegEvalConfig, progress=True):
+    """The `seg-eval` stage: scores a model on a labelled set, or existing mask folders; returns metrics.
+
+    Args:
+        cfg: `SegEvalConfig`.
+        progress: show a progress bar.
+    """
+    if cfg.truth_dir:
+        return seg_eval_folders(cfg.truth_dir, cfg.pred_dir, cfg.out)
+    return seg_eval_model(cfg.model, cfg.out, cfg.data_dir, cfg.images, cfg.masks, cfg.subset, cfg.limit, cfg.seed,
+                          cfg.batch_size, progress)

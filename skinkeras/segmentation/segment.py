@@ -1,0 +1,67 @@
+"""`segment`: the predicted masks and segmented images (paper Figure 2) that feed the classifier."""
+
+import os
+
+from skinkeras import runs
+from skinkeras.config import SegmentConfig
+from skinkeras.data.isic2018 import list_images
+from skinkeras.data.segdir import SegDir
+from skinkeras.inference import load_model, predict_original_size
+from skinkeras.models.contract import SEGMENTATION
+
+
+def segment_folder(model_path, images, out, batch_size=8, progress=True, model=None):
+    """Writes predicted masks and segmented images for a whole folder, skipping what is already there.
+
+    Layout: see `skinkeras.data.segdir` (OUT/masks/ID_segmentation.png and
+    OUT/segmented/ID.jpg); the classification stage reads it back.
+
+    Args:
+        model_path: `.keras` segmentation model.
+        images: image folder.
+        out: output folder (SEGDIR).
+        batch_size: prediction batch size.
+        progress: show a progress bar.
+        model: the loaded model, when the caller has it already.
+    """
+    files = list_images(images)
+    if not files:
+        raise ValueError(f"No images in {images}")
+    layout = SegDir(out).create()
+    items = [(os.path.splitext(os.path.basename(p))[0], p) for p in files]
+    todo = [(i, p) for i, p in items if not layout.has(i)]
+    if progress:
+        print(f"{len(items) - len(todo)} of {len(items)} images already segmented in {out}; {len(todo)} to do")
+    written = []
+
+    def save(image_id, image, mask):
+        layout.write(image_id, image, mask)
+        written.append(image_id)
+
+    skipped = []
+    if todo:
+        model = model or load_model(model_path, task=SEGMENTATION)
+        skipped = predict_original_size(model, todo, batch_size, progress, save)
+    runs.write_skipped(out, skipped)
+    report = {"images": len(items), "written": len(written), "already_there": len(items) - len(todo),
+              "skipped": len(skipped), "model": os.path.abspath(model_path), "source": os.path.abspath(images)}
+    runs.write_json(os.path.join(out, "segment.json"), report)
+    return report
+
+
+def segment(cfg: SegmentConfig, progress=True):
+    """The `segment` stage over every folder of `cfg.images`; returns one report per folder.
+
+    Args:
+        cfg: `SegmentConfig`.
+        progress: show progress bars.
+    """
+    model = None
+    reports = []
+    for folder in cfg.images:
+        files_todo = list_images(folder)
+        if model is None and any(not SegDir(cfg.out).has(os.path.splitext(os.path.basename(p))[0])
+                                 for p in files_todo):
+            model = load_model(cfg.model, task=SEGMENTATION)
+        reports.append(segment_folder(cfg.model, folder, cfg.out, cfg.batch_size, progress, model=model))
+    return reports

@@ -1,0 +1,147 @@
+"""`seg-train`: Deep-UNet and the Table 1 baselines with BCE + Dice and deep supervision (paper 4.1.2)."""
+
+import csv
+import os
+
+import keras
+
+from skinkeras import runs
+from skinkeras.config import SegTrainConfig
+from skinkeras.data.isic2018 import Pair, find_pairs, limit_pairs, split_pairs
+from skinkeras.data.pipeline import SegmentationDataset, load_pairs
+from skinkeras.inference import predict_masks
+from skinkeras.losses import BCEDiceLoss
+from skinkeras.metrics import DiceCoefficient, JaccardIndex, mean_scores, seg_scores
+from skinkeras.models.contract import AUX_OUTPUTS, MASK
+from skinkeras.models.registry import build_model
+from skinkeras.training import TrainingPlan, fit_run, open_run
+
+MONITOR = f"val_{MASK}_dice"
+
+
+def write_split(path, train, val):
+    """Writes the split as CSV (image_id, image_path, mask_path, subset).
+
+    Args:
+        path: output CSV.
+        train: training pairs.
+        val: validation pairs.
+    """
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "image_path", "mask_path", "subset"])
+        for subset, pairs in (("train", train), ("val", val)):
+            writer.writerows([p.image_id, os.path.abspath(p.image_path), os.path.abspath(p.mask_path), subset]
+                             for p in pairs)
+
+
+def read_split(path):
+    """Reads a split CSV back into (train, val) lists of pairs.
+
+    Args:
+        path: split.csv of a run.
+    """
+    subsets = {"train": [], "val": []}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            subsets[row["subset"]].append(Pair(row["image_id"], row["image_path"], row["mask_path"]))
+    return subsets["train"], subsets["val"]
+
+
+def compile_segmentation(model, cfg):
+    """Compiles with BCE + Dice on every output (aux weights of Eq. 4) and Dice / Jaccard on the main mask.
+
+    Args:
+        model: segmentation model with dict outputs.
+        cfg: `SegTrainConfig`.
+    """
+    names = list(model.output.keys())
+    weights = {MASK: 1.0, **dict(zip(AUX_OUTPUTS, cfg.aux_weights))}
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss={name: BCEDiceLoss() for name in names},
+        loss_weights={name: weights[name] for name in names},
+        metrics={MASK: [DiceCoefficient(), JaccardIndex()]},
+    )
+    return model
+
+
+def load_split(run, progress=True):
+    """Loads the run's pairs into memory and splits them, writing (or, on resume, reusing) split.csv.
+
+    Bad files are dropped before the split, so both sides hold only usable
+    pairs; they are listed in skipped.csv.
+
+    Args:
+        run: the opened `Run`.
+        progress: show a progress bar.
+
+    Returns:
+        ((x_train, y_train), (x_val, y_val)) uint8 arrays.
+    """
+    cfg = run.cfg
+    split_csv = run.path("split.csv")
+    size = (cfg.image_size, cfg.image_size)
+    reuse = run.resume and os.path.exists(split_csv)
+    if reuse:
+        train_pairs, val_pairs = read_split(split_csv)
+        pairs = train_pairs + val_pairs
+    else:
+        pairs, problems = find_pairs(cfg.data_dir, cfg.images, cfg.masks)
+        runs.write_skipped(run.dir, problems)
+        pairs = limit_pairs(pairs, cfg.limit, cfg.seed)
+    if progress:
+        print(f"Loading {len(pairs)} image/mask pairs at {size[0]}x{size[1]}")
+    images, masks, kept, skipped = load_pairs(pairs, size, progress)
+    if not reuse:
+        runs.write_skipped(run.dir, skipped)
+        train_pairs, val_pairs = split_pairs(kept, cfg.val_fraction, cfg.seed)
+        write_split(split_csv, train_pairs, val_pairs)
+    row = {p.image_id: i for i, p in enumerate(kept)}
+    train_idx = [row[p.image_id] for p in train_pairs if p.image_id in row]
+    val_idx = [row[p.image_id] for p in val_pairs if p.image_id in row]
+    if progress:
+        print(f"{len(train_idx)} training and {len(val_idx)} validation pairs ({len(skipped)} skipped)")
+    return (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx])
+
+
+def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, progress=True):
+    """Trains a segmentation model and writes its run folder; returns the folder path.
+
+    Writes config.json, env.json, split.csv, skipped.csv (if any input was
+    left out), last.keras (resumable), best.keras (best validation Dice,
+    main output only), history.csv, training_curves.png and metrics.json
+    (validation scores of best.keras at the training resolution, parameters,
+    size, time).
+
+    Args:
+        cfg: `SegTrainConfig`.
+        resume: continue the run in `cfg.out` from its last.keras, with the run's saved config.
+        resume_epochs: with resume, the new total number of epochs (default: the saved one).
+        progress: show progress bars.
+    """
+    if not resume and cfg.data_dir is None and cfg.images is None:
+        raise ValueError("Give --data-dir DIR (ISIC 2018 layout) or --images DIR --masks DIR")
+    run = open_run(cfg, "seg-train", resume, resume_epochs)
+    cfg = run.cfg
+    (x_train, y_train), (x_val, y_val) = load_split(run, progress)
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise ValueError(f"Empty training or validation split ({len(x_train)} / {len(x_val)} pairs); "
+                         "give more images or a larger --limit")
+
+    def datasets(model):
+        names = list(model.output.keys())
+        train = SegmentationDataset(x_train, y_train, cfg.batch_size, names, augment=True, shuffle=True,
+                                    seed=cfg.seed, flip_prob=cfg.flip_prob, max_rotation=cfg.max_rotation)
+        return train, SegmentationDataset(x_val, y_val, cfg.batch_size, names)
+
+    def evaluate(best_model):
+        probs = predict_masks(best_model, x_val, batch_size=max(1, min(cfg.batch_size, 16)))
+        per_image = [seg_scores(t[..., 0] > 0, p > 0.5) for t, p in zip(y_val, probs)]
+        return {"val": mean_scores(per_image), "val_images": len(x_val),
+                "note": "validation scores of best.keras at the training resolution; seg-eval scores at original size",
+                "first_epoch_val_dice": run.history[0].get(MONITOR) if run.history else None}
+
+    plan = TrainingPlan(build=lambda: compile_segmentation(build_model(cfg), cfg), datasets=datasets,
+                        monitor=MONITOR, evaluate=evaluate, curve_metric="dice", info={"encoder": cfg.encoder})
+    return fit_run(run, plan, progress)

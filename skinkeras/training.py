@@ -1,0 +1,228 @@
+"""The one fit skeleton of both training stages: run folder, restore-or-build, callbacks, checkpoints, metrics.
+
+A trainer (segmentation, classification) opens its run with `open_run`,
+loads its data, and hands `fit_run` a `TrainingPlan`: how to build the
+compiled model, its datasets, the monitored metric and how to score the best
+checkpoint. Everything else (resume from last.keras, atomic best.keras /
+last.keras, history.csv, training_curves.png, metrics.json with size and
+time) lives here once.
+"""
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+
+from skinkeras import runs
+from skinkeras.config import from_json, to_json
+from skinkeras.models.common import model_size
+from skinkeras.models.contract import export_model
+from skinkeras.runs import read_history
+
+CONFIG_JSON = "config.json"
+HISTORY_CSV = "history.csv"
+BEST = "best.keras"
+LAST = "last.keras"
+CURVES_PNG = "training_curves.png"
+METRICS_JSON = "metrics.json"
+
+
+def save_atomic(model, path, **kwargs):
+    """Saves a model through a temporary file so an interrupted save never destroys the previous one.
+
+    Args:
+        model: keras model.
+        path: target `.keras` path.
+        **kwargs: passed to `model.save`.
+    """
+    tmp = path + ".tmp.keras"
+    model.save(tmp, **kwargs)
+    os.replace(tmp, path)
+
+
+def step_schedule(learning_rate, step_epochs, factor):
+    """Learning rate multiplied by `factor` every `step_epochs` epochs (paper: halved every 4 / 3).
+
+    Args:
+        learning_rate: initial rate.
+        step_epochs: epochs per step.
+        factor: multiplier per step.
+    """
+    return lambda epoch, lr=None: float(learning_rate * factor ** (epoch // max(1, step_epochs)))
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After each epoch: saves last.keras (with optimizer, for --resume), best.keras, and a history row.
+
+    Args:
+        run_dir: run folder.
+        monitor: log key whose maximum selects best.keras.
+        best: best monitored value of earlier epochs (for resumed runs).
+        export: maps the training model to the model stored as best.keras.
+    """
+
+    def __init__(self, run_dir, monitor, best=-math.inf, export=None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.monitor = monitor
+        self.best = best
+        self.export = export or (lambda m: m)
+        self.epoch_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.monitor not in logs:
+            raise KeyError(f"monitor {self.monitor!r} not in logs {sorted(logs)}")
+        value = float(logs[self.monitor])
+        if value > self.best:
+            self.best = value
+            save_atomic(self.export(self.model), os.path.join(self.run_dir, BEST))
+        save_atomic(self.model, os.path.join(self.run_dir, LAST))
+        row = {"epoch": epoch + 1, "seconds": round(time.time() - self.epoch_start, 2)}
+        row.update({k: float(v) for k, v in sorted(logs.items())})
+        path = os.path.join(self.run_dir, HISTORY_CSV)
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+@dataclass
+class Run:
+    """An opened run folder.
+
+    Args:
+        dir: the folder.
+        cfg: the resolved config (the saved one on resume, with the new epoch total).
+        resume: whether the run continues an earlier one.
+    """
+
+    dir: str
+    cfg: object
+    resume: bool
+
+    def path(self, name):
+        """Path of a file in the run folder."""
+        return os.path.join(self.dir, name)
+
+    @property
+    def history(self):
+        """history.csv rows written so far."""
+        return read_history(self.path(HISTORY_CSV))
+
+
+def open_run(cfg, command, resume=False, resume_epochs=None):
+    """Creates or reopens a run folder, writes config.json and env.json, seeds everything.
+
+    On resume the run's saved config is used (only the epoch total may change).
+
+    Args:
+        cfg: a `TrainConfig` with `out`, `epochs` and `seed`.
+        command: CLI command name (for the default folder name).
+        resume: continue the run in `cfg.out`.
+        resume_epochs: with resume, the new total number of epochs.
+    """
+    run_dir = runs.prepare_run_dir(cfg.out, command, resume)
+    if resume:
+        saved = from_json(type(cfg), os.path.join(run_dir, CONFIG_JSON))
+        cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
+    cfg = dataclasses.replace(cfg, out=run_dir)
+    to_json(cfg, os.path.join(run_dir, CONFIG_JSON))
+    runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))
+    keras.utils.set_random_seed(cfg.seed)
+    return Run(run_dir, cfg, resume)
+
+
+@dataclass
+class TrainingPlan:
+    """What a trainer supplies to `fit_run`.
+
+    Args:
+        build: () -> a new compiled model.
+        datasets: model -> (training dataset, validation dataset); the training one has `set_epoch`.
+        monitor: log key whose maximum selects best.keras.
+        evaluate: best model -> dict of validation scores for metrics.json.
+        curve_metric: metric suffix drawn beside the loss in training_curves.png.
+        export: training model -> the model stored as best.keras.
+        info: extra metrics.json entries.
+    """
+
+    build: Callable
+    datasets: Callable
+    monitor: str
+    evaluate: Callable
+    curve_metric: str
+    export: Callable = export_model
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def restore_or_build(run, build):
+    """Returns (model, history rows): the run's last.keras on resume, else `build()` and no history.
+
+    A restored model has its optimizer state and every BatchNorm momentum it was built with (they are
+    build arguments saved in the file).
+
+    Args:
+        run: the `Run`.
+        build: callable returning a new compiled model.
+    """
+    history = run.history if run.resume else []
+    last = run.path(LAST)
+    if history and os.path.exists(last):
+        return keras.models.load_model(last), history
+    return build(), []
+
+
+def fit_run(run, plan, progress=True):
+    """Trains (or resumes) a run to its epoch total and writes its checkpoints, curves and metrics.json.
+
+    Args:
+        run: the `Run` from `open_run`.
+        plan: the `TrainingPlan`.
+        progress: show Keras' progress bar.
+
+    Returns:
+        the run folder.
+    """
+    from skinkeras.report.figures import plot_history
+
+    cfg = run.cfg
+    model, history = restore_or_build(run, plan.build)
+    best = max((r.get(plan.monitor, -math.inf) for r in history), default=-math.inf)
+    train_ds, val_ds = plan.datasets(model)
+    train_ds.set_epoch(len(history))
+    callbacks = [
+        keras.callbacks.LearningRateScheduler(step_schedule(cfg.learning_rate, cfg.lr_step_epochs, cfg.lr_factor)),
+        RunRecorder(run.dir, plan.monitor, best, export=plan.export),
+    ]
+    if len(history) < cfg.epochs:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=len(history),
+                  callbacks=callbacks, verbose=1 if progress else 0)
+    plot_history(run.path(HISTORY_CSV), run.path(CURVES_PNG), metric=plan.curve_metric)
+
+    best_model = keras.models.load_model(run.path(BEST), compile=False)
+    rows = run.history
+    best_row = max(rows, key=lambda r: r.get(plan.monitor, -math.inf))
+    metrics = {
+        **plan.evaluate(best_model),
+        "monitor": plan.monitor,
+        "best_epoch": int(best_row["epoch"]),
+        "epochs_run": len(rows),
+        "train_minutes": round(sum(r.get("seconds", 0.0) for r in rows) / 60, 2),
+        "arch": cfg.arch,
+        "backend": keras.backend.backend(),
+        **plan.info,
+        **model_size(best_model),
+    }
+    runs.write_json(run.path(METRICS_JSON), metrics)
+    return run.dir

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """skinkeras command line: options -> config -> library call. Run `python cli.py --help`."""
 
+import errno
 import functools
 import os
 import sys
@@ -30,6 +31,13 @@ def friendly_errors(func):
             return func(*args, **kwargs)
         except (ValueError, FileNotFoundError, FileExistsError, WeightsUnavailableError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise click.ClickException(message) from None
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            where = exc.filename or "the output folder"
+            message = exc.strerror if exc.strerror and "free" in exc.strerror else (
+                f"No space left on device writing {where}; free space, then continue with --resume")
             raise click.ClickException(message) from None
 
     return wrapper
@@ -62,15 +70,18 @@ def train_options(func):
         click.option("--out", default=None, help="Run folder (default runs/<command>-<timestamp>)."),
         click.option("--resume", is_flag=True,
                      help="Continue the run in --out from its last.keras with its saved config."),
+        click.option("--overwrite", is_flag=True, help="Replace the run that --out holds (its files are removed)."),
     )(func)
 
 
-def train_config(cls, config_file, resume, **values):
+def train_config(cls, config_file, resume, overwrite, **values):
     """Options -> a training config; with --resume only --out and --epochs count (the run's config is reused)."""
     from skinkeras.config import resolve
 
     if resume and not values.get("out"):
         raise ValueError("--resume needs --out RUN_DIR of the run to continue")
+    if overwrite and not values.get("out"):
+        raise ValueError("--overwrite needs --out RUN_DIR of the run to replace")
     return resolve(cls, config_file, **values)
 
 
@@ -117,13 +128,14 @@ def make_synthetic_cmd(out, n, seed):
 @click.option("--arch", default=None, help="deep_unet (default) | unet | unetpp | deeplabv3plus")
 @train_options
 @friendly_errors
-def seg_train_cmd(config_file, resume, **values):
+def seg_train_cmd(config_file, resume, overwrite, **values):
     """Train a segmentation model (paper 4.1) and write its run folder."""
     from skinkeras.config import SegTrainConfig
     from skinkeras.segmentation.train import train_segmentation
 
-    cfg = train_config(SegTrainConfig, config_file, resume, **values)
-    run_dir = train_segmentation(cfg, resume=resume, resume_epochs=values["epochs"] if resume else None)
+    cfg = train_config(SegTrainConfig, config_file, resume, overwrite, **values)
+    run_dir = train_segmentation(cfg, resume=resume, resume_epochs=values["epochs"] if resume else None,
+                                 overwrite=overwrite)
     click.echo(f"Run folder: {run_dir}")
 
 
@@ -179,16 +191,18 @@ def segment_cmd(model, images, out, batch_size):
 @click.option("--metadata-encoder", default=None, help="mlp (default, Eq. 7) | transformer")
 @train_options
 @friendly_errors
-def cls_train_cmd(config_file, resume, images, variant, arch, **values):
+def cls_train_cmd(config_file, resume, overwrite, images, variant, arch, **values):
     """Train the TDBN classifier, an ablation or a baseline (paper 5-6) and write its run folder."""
     from skinkeras.classification.train import train_classification
     from skinkeras.config import ClsTrainConfig
 
     if variant and arch:
         raise ValueError("Give --variant (a TDBN variant) or --arch (a Table 2 baseline), not both")
-    cfg = train_config(ClsTrainConfig, config_file, resume, images=list(images) or None, arch=variant or arch,
-                       **values)
-    click.echo(f"Run folder: {train_classification(cfg, resume=resume, resume_epochs=values['epochs'] if resume else None)}")
+    cfg = train_config(ClsTrainConfig, config_file, resume, overwrite, images=list(images) or None,
+                       arch=variant or arch, **values)
+    run_dir = train_classification(cfg, resume=resume, resume_epochs=values["epochs"] if resume else None,
+                                   overwrite=overwrite)
+    click.echo(f"Run folder: {run_dir}")
 
 
 @cli.command("cls-eval")

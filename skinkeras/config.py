@@ -68,11 +68,36 @@ class BaseConfig:
         return cls(**values)
 
 
+def _option(name):
+    return f"--{name.replace('_', '-')}"
+
+
 def _positive(cfg, *names):
     for name in names:
         value = getattr(cfg, name)
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+            raise ValueError(f"{_option(name)} must be at least 1 (got {value})")
+
+
+def _within(cfg, name, low, high, low_open=False, high_open=False):
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{_option(name)} must be in {bounds} (got {value})")
+
+
+def _one_of(cfg, name, valid):
+    value = getattr(cfg, name)
+    if value not in valid:
+        raise ValueError(f"Unknown {_option(name)} {value!r}; valid: {', '.join(valid)}")
+
+
+def _length(cfg, name, n):
+    value = getattr(cfg, name)
+    if len(value) != n:
+        raise ValueError(f"{name} needs {n} values (got {value})")
 
 
 @dataclass
@@ -121,9 +146,16 @@ class TrainConfig(BaseConfig):
         _positive(self, "epochs", "batch_size", "limit", "lr_step_epochs")
         if self.image_size < 32:
             raise ValueError(f"--image-size must be at least 32 px (got {self.image_size})")
+        _within(self, "learning_rate", 0, 1, low_open=True)
+        _within(self, "lr_factor", 0, 1, low_open=True)
+        _within(self, "flip_prob", 0, 1)
+        _within(self, "max_rotation", 0, 180)
+        _within(self, "bn_momentum", 0, 1, high_open=True)
+        from skinkeras.models.encoders import normalize_weights
         from skinkeras.models.registry import get_architecture
 
         get_architecture(self.arch, self.task)
+        normalize_weights(self.weights)  # a weights PATH that does not exist fails now, not after loading data
 
 
 @dataclass
@@ -152,6 +184,20 @@ class SegTrainConfig(TrainConfig):
     aspp_filters: int = 256
     decoder_filters: list = field(default_factory=lambda: [256, 128, 64, 32, 16])
     aux_weights: list = field(default_factory=lambda: [0.2, 0.1])
+
+    def check(self):
+        super().check()
+        from skinkeras.models.encoders import ENCODERS, encoder_spec
+
+        if self.image_size % 32:
+            raise ValueError(f"--image-size must be a multiple of 32 for segmentation (got {self.image_size}); "
+                             "e.g. 128, 224, 256")
+        if not encoder_spec(self.encoder).segmentation:
+            valid = ", ".join(name for name, spec in ENCODERS.items() if spec.segmentation)
+            raise ValueError(f"Encoder {self.encoder!r} has no stride-aligned skips for segmentation; valid: {valid}")
+        _within(self, "val_fraction", 0, 1, low_open=True, high_open=True)
+        _length(self, "decoder_filters", 5)
+        _length(self, "aux_weights", 2)
 
 
 @dataclass
@@ -223,6 +269,25 @@ class ClsTrainConfig(TrainConfig):
     vit_mlp_dim: int = 3072
     vit_dropout: float = 0.1
 
+    def check(self):
+        super().check()
+        from skinkeras.classification.records import dataset_classes
+        from skinkeras.models.encoders import encoder_spec
+
+        dataset_classes(self.dataset)
+        _one_of(self, "split", ("lesion", "image"))
+        _one_of(self, "metadata_encoder", ("mlp", "transformer"))
+        encoder_spec(self.encoder)
+        if len(self.fractions) not in (2, 3) or min(self.fractions) <= 0 or abs(sum(self.fractions) - 1) > 1e-6:
+            raise ValueError(f"fractions must be 2 or 3 positive shares summing to 1 (got {self.fractions})")
+        _within(self, "dropout", 0, 1, high_open=True)
+        _within(self, "attention_dropout", 0, 1, high_open=True)
+        if self.arch == "vit" and self.image_size % self.vit_patch_size:
+            raise ValueError(f"--image-size {self.image_size} is not a multiple of the ViT patch size "
+                             f"{self.vit_patch_size}")
+        if self.arch == "xception" and self.image_size < 71:
+            raise ValueError(f"Xception needs --image-size of at least 71 (got {self.image_size})")
+
     @classmethod
     def upgrade(cls, values):
         # Before the registry, a run named a TDBN variant under "variant" and a baseline under "arch".
@@ -264,6 +329,7 @@ class SegEvalConfig(BaseConfig):
 
     def check(self):
         _positive(self, "batch_size", "limit")
+        _one_of(self, "subset", ("train", "val", "test"))
         if self.truth_dir or self.pred_dir:
             if not (self.truth_dir and self.pred_dir) or self.model:
                 raise ValueError("Scoring folders needs both --truth-dir and --pred-dir (and no --model)")
@@ -316,6 +382,7 @@ class ClsEvalConfig(BaseConfig):
 
     def check(self):
         _positive(self, "batch_size")
+        _one_of(self, "subset", ("train", "val", "test"))
 
 
 @dataclass
@@ -356,6 +423,8 @@ class ExplainConfig(BaseConfig):
         _positive(self, "batch_size")
         if self.n < 0:
             raise ValueError(f"--n must be 0 (all) or more (got {self.n})")
+        _one_of(self, "subset", ("train", "val", "test"))
+        _one_of(self, "method", ("gradcam", "layercam"))
 
 
 @dataclass
@@ -383,6 +452,10 @@ class PredictConfig(BaseConfig):
     out: str | None = None
     method: str = "gradcam"
     layer: str | None = None
+
+    def check(self):
+        _one_of(self, "method", ("gradcam", "layercam"))
+        _within(self, "age", 0, 120)
 
 
 def load_toml(path):

@@ -21,7 +21,8 @@ def load_model(path, task=None):
     """Loads a `.keras` model of this project (the custom layers are registered on import).
 
     A missing file, a file that is not a Keras archive, a damaged archive and a
-    model of the other task each give one line that names the file.
+    model of the other task each give one line that names the file. Files load
+    with Keras' `safe_mode=True`: no lambda or other code is deserialised.
 
     Args:
         path: `.keras` file.
@@ -33,17 +34,18 @@ def load_model(path, task=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file not found: {path} (train one with `python cli.py seg-train` "
                                 "or `cls-train`; give RUN/best.keras)")
+    damaged = (f"cannot read model file {path}: not a valid .keras archive (damaged or truncated); "
+               "use the run's last.keras or train again")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a .keras model file (not a zip archive; truncated or another format); "
-                         "give RUN/best.keras")
+        raise ValueError(damaged)
     try:
-        model = keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types here (zip CRC, h5, config errors)
-        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        raise ValueError(f"{path}: cannot load the model ({exc.__class__.__name__}: {reason}); the file is damaged, "
-                         "re-save it or use the run's last.keras") from None
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
+        raise ValueError(f"{damaged} ({exc.__class__.__name__}: {reason})") from None
     if task is not None and contract_of(model).task != task:
-        raise ValueError(f"{path} is a {contract_of(model).task} model; this command needs a {task} model")
+        raise ValueError(f"{path} is a {contract_of(model).task} model ({model.name}); this needs a {task} model "
+                         f"(RUN/best.keras of {'seg-train' if task == 'segmentation' else 'cls-train'})")
     return model
 
 

@@ -2,9 +2,12 @@
 
 import csv
 import datetime
+import errno
 import json
 import os
 import platform
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -92,23 +95,167 @@ def write_skipped(run_dir, skipped, name="skipped.csv"):
     return path
 
 
-def prepare_run_dir(out, command, resume=False):
+# Files that mean a run folder holds finished work (training started and wrote something worth keeping).
+FINISHED_WORK = ("history.csv", "last.keras", "best.keras", "metrics.json")
+# What a fresh start (--overwrite) removes: the files a run writes.
+RUN_FILES = FINISHED_WORK + ("config.json", "env.json", "split.csv", "skipped.csv", "classes.json",
+                             "metadata_encoder.json", "training_curves.png", "class_distribution.png")
+
+
+def prepare_run_dir(out, command, resume=False, overwrite=False):
     """Creates (or, with resume, reopens) a run folder and returns its path.
+
+    A folder that holds finished work is never reused without `resume` (continue
+    it) or `overwrite` (remove its run files and start again).
 
     Args:
         out: requested folder, or None for runs/<command>-<timestamp>.
         command: CLI command name.
         resume: the folder must exist and hold an earlier run of this command.
+        overwrite: start afresh in a folder that holds a run.
     """
     run_dir = out or default_run_dir(command)
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
     if resume:
         if not os.path.isfile(os.path.join(run_dir, "config.json")):
             raise FileNotFoundError(f"--resume: {run_dir} holds no earlier run (no config.json); give its --out")
-    elif any(os.path.exists(os.path.join(run_dir, name)) for name in ("history.csv", "last.keras", "metrics.json")):
-        # A folder left by a start that failed before training (bad data path, say) may be reused.
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
+    elif any(os.path.exists(os.path.join(run_dir, name)) for name in FINISHED_WORK):
+        if not overwrite:
+            # A folder left by a start that failed before training (bad data path, say) may be reused.
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                                  "replace it, or another --out")
+        RunLock(run_dir).check_free()
+        for name in RUN_FILES:
+            path = os.path.join(run_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
     os.makedirs(run_dir, exist_ok=True)
     return run_dir
+
+
+def record_environment(run_dir, env, resume=False):
+    """Writes env.json; a resume appends its environment (command, versions, time) under "resumes".
+
+    Args:
+        run_dir: run folder.
+        env: `environment(...)` of this process.
+        resume: this process continues the run.
+    """
+    path = os.path.join(run_dir, "env.json")
+    if resume and os.path.isfile(path):
+        first = read_json(path)
+        first.setdefault("resumes", []).append(env)
+        env = first
+    write_json(path, env)
+
+
+LOCK_FILE = ".lock"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class RunLockedError(FileExistsError):
+    """Another live process writes the run folder."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder: a lock file holding the writer's PID and host.
+
+    A second writer is refused with one line naming the holder; a lock left by a
+    process that no longer runs on this host (kill -9, power loss) is stale and
+    is taken over.
+
+    Args:
+        run_dir: the run folder.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, LOCK_FILE)
+        self.held = False
+
+    def holder(self):
+        """The live process holding the lock ({pid, host, since}), or None (free or stale)."""
+        try:
+            with open(self.path) as f:
+                holder = json.load(f)
+        except (OSError, ValueError):
+            return None
+        same_host = holder.get("host") == socket.gethostname()
+        if same_host and (int(holder.get("pid", -1)) == os.getpid() or not _pid_alive(int(holder.get("pid", -1)))):
+            return None
+        return holder
+
+    def check_free(self):
+        """Raises `RunLockedError` when another live process holds the lock."""
+        holder = self.holder()
+        if holder is not None:
+            raise RunLockedError(f"{self.run_dir} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                                 f"(since {holder.get('since')}); wait for it to finish or use another --out")
+
+    def acquire(self):
+        """Takes the lock (or raises `RunLockedError`); returns self."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self.check_free()
+                try:
+                    os.remove(self.path)  # stale: its process is gone
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise RunLockedError(f"Could not lock {self.run_dir}: another process keeps taking it")
+
+    def release(self):
+        """Removes the lock file if this object holds it."""
+        if self.held:
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+class DiskFullError(OSError):
+    """The disk filled up while writing into a run folder; the message says how much space is needed."""
+
+
+def disk_full(path, needed_bytes=None):
+    """A `DiskFullError` naming the folder, its free space and, when known, the space needed.
+
+    Args:
+        path: the file that could not be written.
+        needed_bytes: its expected size.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    free = shutil.disk_usage(folder).free / 2**20
+    need = f"about {needed_bytes / 2**20:.0f} MB" if needed_bytes else "more space"
+    return DiskFullError(errno.ENOSPC, f"No space left on device writing {path}: it needs {need} in {folder} "
+                                       f"({free:.0f} MB free); free space, then continue with --resume")
 
 
 def read_history(path):

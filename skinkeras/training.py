@@ -10,6 +10,7 @@ time) lives here once.
 
 import csv
 import dataclasses
+import errno
 import math
 import os
 import time
@@ -35,14 +36,36 @@ METRICS_JSON = "metrics.json"
 def save_atomic(model, path, **kwargs):
     """Saves a model through a temporary file so an interrupted save never destroys the previous one.
 
+    A failed save removes its temporary file; a full disk raises `runs.DiskFullError` naming the folder
+    and the space the file needs, and the previous checkpoint stays as it was.
+
     Args:
         model: keras model.
         path: target `.keras` path.
         **kwargs: passed to `model.save`.
     """
     tmp = path + ".tmp.keras"
-    model.save(tmp, **kwargs)
-    os.replace(tmp, path)
+    try:
+        model.save(tmp, **kwargs)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if _is_disk_full(exc):
+            # weights, plus Adam's two moments in last.keras
+            raise runs.disk_full(path, model.count_params() * 4 * 3) from None
+        raise
+
+
+def _is_disk_full(exc):
+    """Whether an exception (or one it wraps: h5py and zipfile re-raise) comes from a full disk."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def step_schedule(learning_rate, step_epochs, factor):
@@ -110,6 +133,7 @@ class Run:
     dir: str
     cfg: object
     resume: bool
+    lock: object = None
 
     def path(self, name):
         """Path of a file in the run folder."""
@@ -120,27 +144,47 @@ class Run:
         """history.csv rows written so far."""
         return read_history(self.path(HISTORY_CSV))
 
+    def close(self):
+        """Releases the run folder's lock."""
+        if self.lock is not None:
+            self.lock.release()
 
-def open_run(cfg, command, resume=False, resume_epochs=None):
-    """Creates or reopens a run folder, writes config.json and env.json, seeds everything.
+    def __enter__(self):
+        return self
 
-    On resume the run's saved config is used (only the epoch total may change).
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def open_run(cfg, command, resume=False, resume_epochs=None, overwrite=False):
+    """Creates or reopens a run folder, locks it, writes config.json and env.json, seeds everything.
+
+    On resume the run's saved config is used (only the epoch total may change)
+    and env.json gains this process's environment under "resumes". Use the
+    returned `Run` as a context manager: leaving it releases the lock.
 
     Args:
         cfg: a `TrainConfig` with `out`, `epochs` and `seed`.
         command: CLI command name (for the default folder name).
         resume: continue the run in `cfg.out`.
         resume_epochs: with resume, the new total number of epochs.
+        overwrite: replace a run that `cfg.out` already holds.
     """
-    run_dir = runs.prepare_run_dir(cfg.out, command, resume)
-    if resume:
-        saved = from_json(type(cfg), os.path.join(run_dir, CONFIG_JSON))
-        cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
-    cfg = dataclasses.replace(cfg, out=run_dir)
-    to_json(cfg, os.path.join(run_dir, CONFIG_JSON))
-    runs.write_json(os.path.join(run_dir, "env.json"), runs.environment(cfg.seed))
+    run_dir = runs.prepare_run_dir(cfg.out, command, resume, overwrite)
+    lock = runs.RunLock(run_dir).acquire()
+    try:
+        if resume:
+            saved = from_json(type(cfg), os.path.join(run_dir, CONFIG_JSON))
+            cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
+        cfg = dataclasses.replace(cfg, out=run_dir)
+        to_json(cfg, os.path.join(run_dir, CONFIG_JSON))
+        runs.record_environment(run_dir, runs.environment(cfg.seed), resume)
+    except BaseException:
+        lock.release()
+        raise
     keras.utils.set_random_seed(cfg.seed)
-    return Run(run_dir, cfg, resume)
+    return Run(run_dir, cfg, resume, lock)
 
 
 @dataclass
@@ -179,7 +223,7 @@ def restore_or_build(run, build):
     history = run.history if run.resume else []
     last = run.path(LAST)
     if history and os.path.exists(last):
-        return keras.models.load_model(last), history
+        return keras.models.load_model(last, safe_mode=True), history
     return build(), []
 
 
@@ -210,7 +254,7 @@ def fit_run(run, plan, progress=True):
                   callbacks=callbacks, verbose=1 if progress else 0)
     plot_history(run.path(HISTORY_CSV), run.path(CURVES_PNG), metric=plan.curve_metric)
 
-    best_model = keras.models.load_model(run.path(BEST), compile=False)
+    best_model = keras.models.load_model(run.path(BEST), compile=False, safe_mode=True)
     rows = run.history
     best_row = max(rows, key=lambda r: r.get(plan.monitor, -math.inf))
     metrics = {

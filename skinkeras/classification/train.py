@@ -62,7 +62,7 @@ def split_records(run, needs_segmented):
     return df, problems
 
 
-def train_classification(cfg: ClsTrainConfig, resume=False, resume_epochs=None, progress=True):
+def train_classification(cfg: ClsTrainConfig, resume=False, resume_epochs=None, progress=True, overwrite=False):
     """Trains a TDBN variant or baseline classifier and writes its run folder; returns the folder.
 
     Writes config.json, env.json, classes.json, metadata_encoder.json, split.csv
@@ -76,11 +76,17 @@ def train_classification(cfg: ClsTrainConfig, resume=False, resume_epochs=None, 
         resume: continue the run in `cfg.out` from its last.keras with its saved config and split.
         resume_epochs: with resume, the new total number of epochs.
         progress: show progress bars.
+        overwrite: replace a run that `cfg.out` already holds.
     """
     if not resume and cfg.data_dir is None and cfg.images is None:
         raise ValueError("Give --data-dir DIR (official layout) and/or --images DIR")
-    run = open_run(cfg, "cls-train", resume, resume_epochs)
+    with open_run(cfg, "cls-train", resume, resume_epochs, overwrite) as run:
+        return _fit(run, progress)
+
+
+def _fit(run, progress):
     cfg = run.cfg
+    resume = run.resume
     arch = get_architecture(cfg.arch, cfg.task)
     classes = dataset_classes(cfg.dataset)
     runs.write_json(run.path("classes.json"), {"dataset": cfg.dataset, "classes": list(classes)})

@@ -12,7 +12,7 @@ import os
 import pandas as pd
 
 from skinkeras.data.classification import as_folder_list, attach_images, drop_duplicate_ids, finish_records
-from skinkeras.data.metadata import normalize_age, normalize_sex, normalize_site
+from skinkeras.data.metadata import record_metadata
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 METADATA_CSV = "HAM10000_metadata.csv"
@@ -46,19 +46,21 @@ def read_ham10000_table(metadata_csv):
     unknown = sorted(set(dx) - set(CLASSES))
     if unknown:
         raise ValueError(f"Unknown HAM10000 dx value(s) {unknown} in {metadata_csv}; valid: {', '.join(CLASSES)}")
+    ages, sexes, sites, notes = record_metadata(raw["image_id"], raw["age"], raw["sex"], raw["localization"],
+                                                metadata_csv)
     df = pd.DataFrame({
         "image_id": raw["image_id"],
         "lesion_id": raw["lesion_id"],
         "label": dx.map({c: i for i, c in enumerate(CLASSES)}),
         "dx": dx,
-        "age": [normalize_age(a) for a in raw["age"]],
-        "sex": [normalize_sex(s, metadata_csv) for s in raw["sex"]],
-        "site": [normalize_site(s, metadata_csv) for s in raw["localization"]],
+        "age": ages,
+        "sex": sexes,
+        "site": sites,
         "dx_type": raw["dx_type"] if "dx_type" in raw.columns else "",
         "localization": raw["localization"],
     })
     df, problems = drop_duplicate_ids(df, metadata_csv)
-    return finish_records(df), problems
+    return finish_records(df), list(problems) + notes
 
 
 def find_image_folders(data_dir=None, images=None):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from skinkeras.data.classification import as_folder_list, attach_images, drop_duplicate_ids, finish_records
-from skinkeras.data.metadata import normalize_age, normalize_sex, normalize_site
+from skinkeras.data.metadata import record_metadata
 
 CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 GROUND_TRUTH_CSV = "ISIC_2019_Training_GroundTruth.csv"
@@ -86,9 +86,9 @@ def read_isic2019_tables(gt_csv, meta_csv=None, problems=None):
     else:
         meta = pd.DataFrame("", index=df["image_id"], columns=list(METADATA_COLUMNS[1:]))
     df["lesion_id"] = meta["lesion_id"].to_numpy()
-    df["age"] = [normalize_age(a) for a in meta["age_approx"]]
-    df["sex"] = [normalize_sex(s, meta_csv) for s in meta["sex"]]
-    df["site"] = [normalize_site(s, meta_csv) for s in meta["anatom_site_general"]]
+    df["age"], df["sex"], df["site"], notes = record_metadata(df["image_id"], meta["age_approx"], meta["sex"],
+                                                              meta["anatom_site_general"], meta_csv)
+    problems.extend(notes)
     return finish_records(df)
 
 

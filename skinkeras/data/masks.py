@@ -70,7 +70,8 @@ def read_mask(path, *, strict=False) -> np.ndarray:
         strict: reject everything but 8-bit ``L`` and 1-bit images, as the scorer does.
     """
     path = Path(path)
-    decode_errors = (OSError, SyntaxError, EOFError, ValueError, zlib.error)
+    # DecompressionBombError is not an OSError: a bomb mask is a bad file like any other
+    decode_errors = (OSError, SyntaxError, EOFError, ValueError, zlib.error, Image.DecompressionBombError)
     try:
         image = Image.open(path)
     except decode_errors as exc:

@@ -105,8 +105,12 @@ def normalize_sex(value, source=None):
     return _lookup(value, {s: s for s in SEXES}, "sex", f"{', '.join(SEXES)} (or empty/unknown)", source)
 
 
+# Plausible ages in years; a value outside (a typo, -5, 300) is treated as missing, never trained on.
+AGE_RANGE = (0.0, 120.0)
+
+
 def normalize_age(value):
-    """Returns the age as float, NaN when missing or not a number.
+    """Returns the age as float, NaN when missing, not a number, or outside AGE_RANGE.
 
     Args:
         value: number or string; "", "unknown", None are missing.
@@ -115,7 +119,49 @@ def normalize_age(value):
         age = float(value)
     except (TypeError, ValueError):
         return math.nan
-    return age if math.isfinite(age) else math.nan
+    return age if math.isfinite(age) and AGE_RANGE[0] <= age <= AGE_RANGE[1] else math.nan
+
+
+def record_metadata(ids, ages, sexes, sites, source):
+    """Normalises the metadata columns of a dataset's rows; bad values become missing and are reported.
+
+    Unknown sex or site spellings and ages outside AGE_RANGE do not stop a
+    run: the value is treated as missing (its availability is 0) and the row
+    is kept; each such value is returned as a note for skipped.csv.
+
+    Args:
+        ids: image ids.
+        ages: raw ages.
+        sexes: raw sex values.
+        sites: raw site values.
+        source: the CSV, named in the notes.
+
+    Returns:
+        (ages, sexes, sites, notes [(image_id, reason)]).
+    """
+    out_ages, out_sexes, out_sites, notes = [], [], [], []
+    for image_id, age, sex, site in zip(ids, ages, sexes, sites):
+        value = normalize_age(age)
+        if math.isnan(value) and _key(age) not in _MISSING and _is_number(age):
+            notes.append((image_id, f"age {age} outside {AGE_RANGE[0]:g}-{AGE_RANGE[1]:g} in {source}: "
+                                    "treated as missing (image kept)"))
+        out_ages.append(value)
+        for raw, normalise, out, what in ((sex, normalize_sex, out_sexes, "sex"),
+                                          (site, normalize_site, out_sites, "site")):
+            try:
+                out.append(normalise(raw))
+            except ValueError:
+                out.append("")
+                notes.append((image_id, f"unknown {what} {raw!r} in {source}: treated as missing (image kept)"))
+    return out_ages, out_sexes, out_sites, notes
+
+
+def _is_number(value):
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def sample_availability(avail):

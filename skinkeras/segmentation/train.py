@@ -105,7 +105,7 @@ def load_split(run, progress=True):
     return (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx])
 
 
-def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, progress=True):
+def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, progress=True, overwrite=False):
     """Trains a segmentation model and writes its run folder; returns the folder path.
 
     Writes config.json, env.json, split.csv, skipped.csv (if any input was
@@ -119,10 +119,15 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
         resume: continue the run in `cfg.out` from its last.keras, with the run's saved config.
         resume_epochs: with resume, the new total number of epochs (default: the saved one).
         progress: show progress bars.
+        overwrite: replace a run that `cfg.out` already holds.
     """
     if not resume and cfg.data_dir is None and cfg.images is None:
         raise ValueError("Give --data-dir DIR (ISIC 2018 layout) or --images DIR --masks DIR")
-    run = open_run(cfg, "seg-train", resume, resume_epochs)
+    with open_run(cfg, "seg-train", resume, resume_epochs, overwrite) as run:
+        return _fit(run, progress)
+
+
+def _fit(run, progress):
     cfg = run.cfg
     (x_train, y_train), (x_val, y_val) = load_split(run, progress)
     if len(x_train) == 0 or len(x_val) == 0:

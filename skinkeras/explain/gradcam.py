@@ -1,10 +1,20 @@
 """Grad-CAM (Selvaraju et al., 2017) for the TDBN and the Table 2 baselines (paper 6.4, Figure 7).
 
-The model is split at the target feature map into `features` (model inputs ->
-map) and `head` (map + the other inputs -> class scores). The gradient of the
-chosen class score with respect to the map comes from the active backend's
-own autodiff (`skinkeras.explain.gradients`); everything else here is numpy
-and `keras` graph surgery, the same on every backend.
+The targets come from the model's contract (`contract_of(model)`): which
+top-level layer gives each map, the image it is drawn over, whether it
+reaches the class score only as attention keys, whether it is ViT tokens,
+and which layer gives the pre-softmax class scores.
+
+Each map is taken by splitting the classifier at the map into `features`
+(model inputs -> map) and `head` (map + the other inputs -> class scores).
+The split is built on a disposable clone of the classifier (same
+architecture, a copy of its weights), never on the classifier itself, so
+the user's model keeps its graph and config and can still be saved after
+its CAMs were taken; the price is one rebuild of the model per
+`cam_targets` call. The gradient of the chosen class score with respect to
+the map comes from the active backend's own autodiff
+(`skinkeras.explain.gradients`); everything else here is numpy and public
+`keras` graph API, the same on every backend.
 
 Pipeline: `grad_cam` gives raw maps at feature resolution (channel weights =
 spatial mean of the gradient, ReLU of the weighted sum); `upsample_cams`
@@ -20,10 +30,7 @@ import numpy as np
 from PIL import Image
 
 from skinkeras.explain.gradients import class_score_gradients
-
-LOGITS = "logits"
-BRANCH_ENCODERS = ("original", "segmented")
-CROSS_ATTENTION = "cross_attention"  # TDBN: original tokens = query and value, segmented tokens = key
+from skinkeras.models.contract import contract_of
 
 
 @dataclass
@@ -73,172 +80,207 @@ class CamResult:
     degenerate: dict = field(default_factory=dict)
 
 
-def _history_node(tensor):
-    operation, node_index, _ = tensor._keras_history
-    return operation._inbound_nodes[node_index]
+def _clone(model):
+    """(clone, calls): a disposable copy of `model` and the calls of its top-level layers in the copy's graph.
 
-
-def _upstream_inputs(tensor, model, stop=()):
-    """Names of the model inputs that `tensor` depends on, not looking through the tensors in `stop`.
-
-    Args:
-        tensor: symbolic tensor of the model's graph.
-        model: functional model.
-        stop: tensors at which the walk ends (the cut).
-    """
-    inputs = {id(t): t.name for t in model.inputs}
-    seen, stack, found = {id(t) for t in stop}, [tensor], set()
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        if id(t) in inputs:
-            found.add(inputs[id(t)])
-            continue
-        stack.extend(_history_node(t).input_tensors)
-    return tuple(t.name for t in model.inputs if t.name in found)
-
-
-def _graph_nodes(model):
-    """Ids of the call nodes of `model`'s own graph (walked back from its outputs).
-
-    Building a sub-model from intermediate tensors clones nodes onto the same
-    layers, so a layer's `_inbound_nodes` may hold calls of other graphs.
-
-    Args:
-        model: functional model.
-    """
-    inputs = {id(t) for t in model.inputs}
-    seen, nodes, stack = set(), set(), list(model.outputs)
-    while stack:
-        t = stack.pop()
-        if id(t) in seen or id(t) in inputs:
-            continue
-        seen.add(id(t))
-        node = _history_node(t)
-        nodes.add(id(node))
-        stack.extend(node.input_tensors)
-    return nodes
-
-
-def _outer_call(model, layer, graph=None):
-    """(input tensors, output tensors) of `layer`'s call inside `model`'s graph.
-
-    A nested model's own `.output` belongs to its inner graph; the tensor that
-    the outer graph uses is the output of its call node there.
-
-    Args:
-        model: functional model.
-        layer: a layer called once in `model`.
-        graph: `_graph_nodes(model)`, when already computed.
-    """
-    graph = _graph_nodes(model) if graph is None else graph
-    nodes = [n for n in layer._inbound_nodes if id(n) in graph]
-    if len(nodes) != 1:
-        raise ValueError(f"Layer {layer.name!r} is called {len(nodes)} times in {model.name!r}; Grad-CAM needs one call")
-    return nodes[0].input_tensors, nodes[0].output_tensors
-
-
-def _scores_tensor(model):
-    try:
-        return model.get_layer(LOGITS).output
-    except ValueError:
-        # Models without a `logits` layer: explain the output itself.
-        return model.outputs[0]
-
-
-def _split(model, cut, branch, layer_name, head_cut=None, head_prefix=None):
-    """Builds a `CamTarget` from the cut tensor `cut` of the outer graph.
+    `keras.models.clone_model` rebuilds every top-level layer from its config
+    (a nested encoder as a whole) and calls it on the copy's inputs through
+    `capture`, which records each call. Then each layer's weights are copied.
+    Nothing is added to `model`'s graph.
 
     Args:
         model: functional classifier.
-        cut: outer tensor whose value is the target map.
-        branch: result name.
-        layer_name: display name of the target layer.
-        head_cut: outer tensor where the head starts (defaults to `cut`).
-        head_prefix: callable map -> head_cut value, for maps inside a nested encoder.
+
+    Returns:
+        The clone, and layer name -> list of (cloned layer, input tensors, output tensors), one per call.
     """
-    if len(cut.shape) not in (3, 4):
-        raise ValueError(f"Grad-CAM needs a (B, h, w, C) map or (B, T, D) tokens; {layer_name!r} gives {cut.shape}")
-    scores = _scores_tensor(model)
-    feature_inputs = _upstream_inputs(cut, model)
-    head_cut = cut if head_cut is None else head_cut
-    other_inputs = _upstream_inputs(scores, model, stop=(head_cut,))
-    by_name = {t.name: t for t in model.inputs}
-    features = keras.Model([by_name[n] for n in feature_inputs], cut, name=f"{branch}_cam_features")
+    pairs, calls = [], {}
+
+    def clone_layer(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        pairs.append((layer, copy))
+        return copy
+
+    def capture(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        calls.setdefault(layer.name, []).append((layer, inputs, keras.tree.flatten(outputs)))
+        return outputs
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer, call_function=capture)
+    for layer, copy in pairs:
+        weights = layer.get_weights()
+        if [w.shape for w in weights] != [tuple(v.shape) for v in copy.weights]:
+            raise RuntimeError(f"The Grad-CAM copy of layer {layer.name!r} has other variables than the layer "
+                               f"({len(copy.weights)} vs {len(weights)}); it cannot take its weights")
+        copy.set_weights(weights)
+    if len(clone.weights) != len(model.weights):
+        raise RuntimeError(f"The Grad-CAM copy of {model.name!r} has {len(clone.weights)} variables, the model "
+                           f"{len(model.weights)}")
+    return clone, calls
+
+
+def _builds(inputs, outputs):
+    """Whether `keras.Model(inputs, outputs)` can be built (every path to `outputs` starts at one of `inputs`)."""
     try:
-        rest = keras.Model([head_cut, *(by_name[n] for n in other_inputs)], scores, name=f"{branch}_cam_rest")
-    except ValueError as err:
-        raise ValueError(f"Grad-CAM cannot split {model.name!r} at {layer_name!r} (not a cut of the graph: {err}); "
-                         "name a layer that all paths to the output go through") from err
-    if head_prefix is None:
-        head = rest
-    else:
-        fmap = keras.Input(tuple(cut.shape[1:]), name=f"{branch}_cam_map")
-        others = [keras.Input(tuple(by_name[n].shape[1:]), name=f"{branch}_cam_{n}") for n in other_inputs]
-        head = keras.Model([fmap, *others], rest([head_prefix(fmap), *others]), name=f"{branch}_cam_head")
-    return CamTarget(branch, layer_name, features, feature_inputs, head, other_inputs, len(cut.shape) == 3)
+        keras.Model(inputs, outputs)
+    except ValueError:
+        return False
+    return True
 
 
-def _image_branch(model, tensor, layer_name):
-    ranks = {t.name: len(t.shape) for t in model.inputs}
-    images = [n for n in _upstream_inputs(tensor, model) if ranks[n] == 4]
-    if len(images) != 1:
-        raise ValueError(f"Layer {layer_name!r} depends on {len(images)} image inputs; Grad-CAM needs a layer of one "
-                         "image branch")
-    return images[0]
+class _Graph:
+    """The clone of a classifier and the tensors Grad-CAM cuts it at.
+
+    Args:
+        model: functional classifier (the user's; only read).
+        contract: `contract_of(model)`.
+    """
+
+    def __init__(self, model, contract):
+        self.model, self.contract = model, contract
+        self.clone, self.calls = _clone(model)
+        self.inputs = {t.name: t for t in self.clone.inputs}
+        # A model without a score layer in its contract: explain its output itself.
+        self.scores = self.output_of(contract.logits) if contract.logits else self.clone.outputs[0]
+
+    def call_of(self, name):
+        """(cloned layer, input tensors, output tensors) of the one call of layer `name` in the clone."""
+        calls = self.calls.get(name, [])
+        if len(calls) != 1:
+            raise ValueError(f"Layer {name!r} is called {len(calls)} times in {self.model.name!r}; Grad-CAM needs "
+                             "one call")
+        return calls[0]
+
+    def output_of(self, name):
+        outputs = self.call_of(name)[2]
+        if len(outputs) != 1:
+            raise ValueError(f"Layer {name!r} has {len(outputs)} outputs; Grad-CAM needs one")
+        return outputs[0]
+
+    def needed(self, outputs, leading=()):
+        """Names of the clone's inputs that `outputs` depends on, given the tensors `leading`, in input order.
+
+        Public API only: `keras.Model` accepts inputs that the outputs do not
+        use and refuses a set of inputs that misses one, so an input is needed
+        exactly when the model cannot be built without it.
+        """
+        names = list(self.inputs)
+        for name in list(names):
+            rest = [n for n in names if n != name]
+            if _builds([*leading, *(self.inputs[n] for n in rest)], outputs):
+                names = rest
+        return tuple(names)
+
+    def branch_of(self, image_input):
+        """(result name, keys_only) of a map drawn over `image_input`: those of the contract's target on that image."""
+        for target in self.contract.targets:
+            if target.image_input == image_input:
+                return target.name, target.keys_only
+        return image_input, False
+
+    def split(self, cut, layer_name, target=None, head_cut=None, head_prefix=None):
+        """Builds a `CamTarget` from the clone's tensor `cut`.
+
+        Args:
+            cut: tensor of the clone's graph whose value is the map.
+            layer_name: display name of the target layer.
+            target: the contract's `ExplanationTarget` for this map (or for the encoder that holds it), or None:
+                then the map is named after the one image input it depends on.
+            head_cut: tensor where the head starts (defaults to `cut`).
+            head_prefix: callable map -> head_cut value, for maps inside a nested encoder.
+        """
+        rank = len(cut.shape)
+        if rank not in (3, 4):
+            raise ValueError(f"Grad-CAM needs a (B, h, w, C) map or (B, T, D) tokens; {layer_name!r} gives {cut.shape}")
+        if target is not None and head_prefix is None and target.tokens != (rank == 3):
+            raise ValueError(f"The contract of {self.model.name!r} declares {layer_name!r} as "
+                             f"{'tokens' if target.tokens else 'a map'}, but it gives {cut.shape}")
+        feature_inputs = self.needed(cut)
+        head_cut = cut if head_cut is None else head_cut
+        other_inputs = self.needed(self.scores, (head_cut,))
+        bypass = [n for n in other_inputs if n in feature_inputs]
+        if bypass:
+            raise ValueError(f"Grad-CAM cannot split {self.model.name!r} at {layer_name!r} (not a cut of the graph: "
+                             f"{', '.join(bypass)} also reaches the scores around it); name a layer that all paths to "
+                             "the output go through")
+        if target is None:
+            images = [n for n in feature_inputs if n in self.contract.image_inputs]
+            if len(images) != 1:
+                raise ValueError(f"Layer {layer_name!r} depends on {len(images)} image inputs; Grad-CAM needs a layer "
+                                 "of one image branch")
+            branch, keys_only = self.branch_of(images[0])
+        else:
+            if target.image_input not in feature_inputs:
+                raise ValueError(f"The contract of {self.model.name!r} draws {layer_name!r} over "
+                                 f"{target.image_input!r}, but it depends on {', '.join(feature_inputs)}")
+            branch, keys_only = target.name, target.keys_only
+        features = keras.Model([self.inputs[n] for n in feature_inputs], cut, name=f"{branch}_cam_features")
+        rest = keras.Model([head_cut, *(self.inputs[n] for n in other_inputs)], self.scores, name=f"{branch}_cam_rest")
+        if head_prefix is None:
+            head = rest
+        else:
+            fmap = keras.Input(tuple(cut.shape[1:]), name=f"{branch}_cam_map")
+            others = [keras.Input(tuple(self.inputs[n].shape[1:]), dtype=self.inputs[n].dtype,
+                                  name=f"{branch}_cam_{n}") for n in other_inputs]
+            head = keras.Model([fmap, *others], rest([head_prefix(fmap), *others]), name=f"{branch}_cam_head")
+        return CamTarget(branch, layer_name, features, feature_inputs, head, other_inputs, rank == 3, keys_only)
 
 
 def cam_targets(model, layer=None):
-    """Finds the Grad-CAM targets of a classifier (see `_find_targets`), marking the TDBN's key-only branch."""
-    targets = _find_targets(model, layer)
-    if any(lay.name == CROSS_ATTENTION for lay in model.layers):
-        for target in targets:
-            target.keys_only = target.branch == "segmented"
-    return targets
-
-
-def _find_targets(model, layer=None):
     """Finds the Grad-CAM targets of a classifier: one per image branch.
 
-    Default: the output of each nested encoder (`original_encoder`,
-    `segmented_encoder`: the last convolutional block, stride 32), or the last
-    ViT block's tokens. `layer` may name a top-level layer of the model or a
-    layer inside its encoders (e.g. "conv5_block16_concat" of DenseNet201);
-    inside the TDBN that gives one target per encoder.
+    Default: the contract's explanation targets (`contract_of(model).targets`:
+    for the TDBN and the CNN baselines the output of each nested encoder, the
+    last convolutional block at stride 32; for the ViT the last block's
+    tokens), with their names, image inputs and key-only / token flags. The
+    class scores are the output of the contract's score layer (pre-softmax).
 
-    The split models share the classifier's layers and weights. Building them
-    adds call nodes to those layers, which Keras cannot serialise: save a
-    model before taking its CAMs, not after.
+    `layer` may name a top-level layer of the model or a layer inside its
+    nested encoders (e.g. "conv5_block16_concat" of DenseNet201); inside the
+    TDBN that gives one target per encoder. A map inside an encoder, or a
+    top-level map of one image branch, is named after and takes `keys_only`
+    from the contract's target drawn over the same image.
+
+    The targets are taken on a clone of the model (`keras.models.clone_model`
+    plus a copy of its weights), never on the model itself: the model's
+    graph and config stay as they were, and it can be saved afterwards. The
+    cost is one rebuild of the model per call (measured for a DenseNet201
+    TDBN on a 2-core CPU: 10-18 s on any backend, about as long as building
+    it) and a second copy of its weights while the targets live. Build the
+    targets once and pass them to every `grad_cam` call (`targets=`); they
+    hold the weights of the moment they were built.
 
     Args:
         model: functional classifier of this project (TDBN variant or Table 2 baseline).
-        layer: target layer name, or None for the default.
+        layer: target layer name, or None for the contract's targets.
     """
-    names = {lay.name: lay for lay in model.layers}
-    graph = _graph_nodes(model)
+    contract = contract_of(model)
+    top = {lay.name: lay for lay in model.layers}
     if layer is None:
-        cuts = [(b, _outer_call(model, names[f"{b}_encoder"], graph)[1][0])
-                for b in BRANCH_ENCODERS if f"{b}_encoder" in names]
-        if cuts:
-            return [_split(model, cut, b, f"{b}_encoder") for b, cut in cuts]
-        blocks = [n for n in names if n.startswith("vit_block")]
-        if blocks:
-            return _find_targets(model, max(blocks, key=lambda n: int(n[len("vit_block"):])))
-        raise ValueError(f"{model.name!r} has no {'/'.join(b + '_encoder' for b in BRANCH_ENCODERS)} layer; "
-                         "name the target with --layer")
-    if layer in names:
-        outputs = _outer_call(model, names[layer], graph)[1]
-        if len(outputs) != 1:
-            raise ValueError(f"Layer {layer!r} has {len(outputs)} outputs; Grad-CAM needs one")
-        return [_split(model, outputs[0], _image_branch(model, outputs[0], layer), layer)]
+        if not contract.targets:
+            raise ValueError(f"The contract of {model.name!r} declares no Grad-CAM targets; name the target with "
+                             "--layer")
+        missing = [t.layer for t in contract.targets if t.layer not in top]
+        if missing:
+            raise ValueError(f"The contract of {model.name!r} names target layers it lacks: {', '.join(missing)}")
+        graph = _Graph(model, contract)
+        return [graph.split(graph.output_of(t.layer), t.layer, t) for t in contract.targets]
+    declared = {t.layer: t for t in contract.targets}
+    if layer in top:
+        graph = _Graph(model, contract)
+        return [graph.split(graph.output_of(layer), layer, declared.get(layer))]
+    encoders = [name for name, nested in top.items()
+                if isinstance(nested, keras.Model) and layer in {lay.name for lay in nested.layers}]
+    if not encoders:
+        raise ValueError(f"No layer {layer!r} in {model.name!r} or its encoders; top-level layers: "
+                         f"{', '.join(top)} (see model.summary() / encoder.summary() for the inner names)")
+    graph = _Graph(model, contract)
     targets = []
-    calls = {name: _outer_call(model, nested, graph) for name, nested in names.items()
-             if isinstance(nested, keras.Model) and layer in {lay.name for lay in nested.layers}}
-    for name, ((outer_in,), (outer_out,)) in calls.items():
-        nested = names[name]
-        branch = name[: -len("_encoder")] if name.endswith("_encoder") else name
+    for name in encoders:
+        nested, outer_in, outer_out = graph.call_of(name)
+        if len(outer_in) != 1 or len(outer_out) != 1:
+            raise ValueError(f"Grad-CAM needs encoder {name!r} to take one input and give one output")
         inner = nested.get_layer(layer).output
         try:
             to_map = keras.Model(nested.inputs, inner)
@@ -246,11 +288,8 @@ def _find_targets(model, layer=None):
         except ValueError as err:
             raise ValueError(f"Grad-CAM cannot split {name!r} at {layer!r} (not a cut of the encoder: {err}); "
                              "name a layer that all paths go through, e.g. a block output") from err
-        targets.append(_split(model, to_map(outer_in), branch, f"{name}/{layer}", head_cut=outer_out,
-                              head_prefix=from_map))
-    if not targets:
-        raise ValueError(f"No layer {layer!r} in {model.name!r} or its encoders; top-level layers: "
-                         f"{', '.join(names)} (see model.summary() / encoder.summary() for the inner names)")
+        targets.append(graph.split(to_map(outer_in[0]), f"{name}/{layer}", declared.get(name), head_cut=outer_out[0],
+                                   head_prefix=from_map))
     return targets
 
 
@@ -348,12 +387,13 @@ def grad_cam(model, inputs, class_index=None, layer=None, batch_size=8, targets=
     """Computes raw Grad-CAM maps for every image branch of `model`.
 
     Args:
-        model: classifier (TDBN variant or baseline) returning probabilities, with a `logits` layer.
+        model: classifier (TDBN variant or baseline) returning probabilities; its contract names the score layer.
         inputs: dict input name -> numpy array (images 0-255 RGB at the model's size).
         class_index: None (the predicted class), an int for every sample, or a (B,) array.
         layer: target layer name (see `cam_targets`), or None.
         batch_size: samples per gradient call.
-        targets: precomputed `cam_targets(model, layer)` (reused across calls).
+        targets: precomputed `cam_targets(model, layer)`, reused across calls (without it, each call rebuilds a
+            clone of the model once; see `cam_targets`).
         method: "gradcam" or "layercam" (see `raw_cam`).
         progress: show a progress bar over images.
 

@@ -11,21 +11,28 @@ pytestmark = pytest.mark.backend
 H, W = 48, 64  # not square, so a transposed map would fail
 
 
-def two_blob_classifier():
+def two_blob_classifier(features_name="features", scores_name="logits", model_class=keras.Model, contract=None):
     """Class 0 = "redness" and class 1 = "greenness", summed over the image: the answer is known.
 
     `features` (1x1 conv + ReLU) has channel 0 = relu(R - G) and channel 1 =
     relu(G - R); global average pooling and an identity `logits` layer make
     the score of class k the mean of channel k. Grad-CAM for class 0 must be
     exactly channel 0 (the red blob), for class 1 channel 1 (the green blob).
+
+    Args:
+        features_name: name of the feature layer.
+        scores_name: name of the pre-softmax score layer.
+        model_class: keras.Model, or SkinModel (then with `contract`).
+        contract: the SkinModel's `Contract`.
     """
     image = keras.Input((H, W, 3), name="original")
-    features = keras.layers.Conv2D(2, 1, activation="relu", name="features")
+    features = keras.layers.Conv2D(2, 1, activation="relu", name=features_name)
     x = features(image)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    logits = keras.layers.Dense(2, name="logits")
+    logits = keras.layers.Dense(2, name=scores_name)
     out = keras.layers.Activation("softmax", name="probabilities")(logits(x))
-    model = keras.Model({"original": image}, out)
+    extra = {} if contract is None else {"contract": contract}
+    model = model_class({"original": image}, out, **extra)
     features.set_weights([np.array([[[[1, -1], [-1, 1], [0, 0]]]], np.float32), np.zeros(2, np.float32)])
     logits.set_weights([np.eye(2, dtype=np.float32), np.zeros(2, np.float32)])
     return model
@@ -65,6 +72,36 @@ def test_predicted_class_is_the_default():
     assert result.class_index.tolist() == [1]
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-6)
     assert result.raw["original"][0][red].max() == 0.0
+
+
+def test_targets_scores_and_flags_come_from_the_contract():
+    from skinkeras.models.contract import CLASSIFICATION, Contract, ExplanationTarget, SkinModel
+
+    image, red, _ = blob_image()
+    for keys_only in (False, True):
+        target = ExplanationTarget("blobs", "blob_map", "original", keys_only=keys_only)
+        contract = Contract(CLASSIFICATION, ("original",), "probabilities", "class_scores", (target,))
+        model = two_blob_classifier("blob_map", "class_scores", SkinModel, contract)
+        result = grad_cam(model, {"original": image}, class_index=0)
+        assert [(t.branch, t.layer, t.keys_only) for t in result.targets] == [("blobs", "blob_map", keys_only)]
+        # The exact answer holds for the pre-softmax scores only (through the softmax, the green blob would
+        # enter with a negative weight): the scores are the contract's score layer, not the output.
+        expected = np.zeros((H, W)) if keys_only else np.where(red, 200.0 / (H * W), 0.0)
+        np.testing.assert_allclose(result.raw["blobs"][0], expected, rtol=1e-5, atol=1e-9)
+        assert result.degenerate["blobs"].tolist() == [keys_only]
+
+
+def test_a_layer_that_the_image_bypasses_is_not_a_cut():
+    image = keras.Input((H, W, 3), name="original")
+    inner = keras.layers.Conv2D(2, 1, name="inner")(image)
+    x = keras.layers.Add(name="residual")([inner, keras.layers.Conv2D(2, 1, name="skip")(image)])
+    x = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D(name="gap")(x))
+    model = keras.Model({"original": image}, keras.layers.Activation("softmax", name="probabilities")(x))
+    with pytest.raises(ValueError, match="not a cut of the graph: original also reaches the scores"):
+        cam_targets(model, "inner")
+    with pytest.raises(ValueError, match=r"needs a \(B, h, w, C\) map or \(B, T, D\) tokens; 'gap' gives"):
+        cam_targets(model, "gap")
+    assert [t.branch for t in cam_targets(model, "residual")] == ["original"]
 
 
 @pytest.fixture(scope="module")

@@ -286,10 +286,10 @@ def gradcam_cmd(out, **values):
     """Grad-CAM overlays, the Figure 7 grid, cams.npz and cam_metrics.json (CAM mass in the lesion, pointing game)."""
     from skinkeras import runs
     from skinkeras.config import ExplainConfig
-    from skinkeras.explain.cam_report import explain
+    from skinkeras.explain.cam_report import gradcam
 
     out = out or runs.default_run_dir("gradcam")
-    metrics = explain(ExplainConfig(out=out, **values))
+    metrics = gradcam(ExplainConfig(out=out, **values))
     for label, model in metrics["models"].items():
         for branch, values in model["branches"].items():
             mass, point = values["mass_in_lesion"], values["pointing_game"]

@@ -26,7 +26,7 @@ from skinkeras.config import (
     SegTrainConfig,
 )
 from skinkeras.data.synthetic import make_synthetic
-from skinkeras.explain.cam_report import explain
+from skinkeras.explain.cam_report import gradcam
 from skinkeras.explain.gradcam import grad_cam
 from skinkeras.explain.predict import predict
 from skinkeras.inference import load_cls_run, load_model
@@ -62,9 +62,9 @@ __all__ = [
     "contract_of",
     "evaluate_classification",
     "evaluate_segmentation",
-    "explain",
     "get_architecture",
     "grad_cam",
+    "gradcam",
     "load_cls_run",
     "load_model",
     "make_synthetic",

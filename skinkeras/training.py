@@ -120,6 +120,34 @@ class RunRecorder(keras.callbacks.Callback):
             writer.writerow(row)
 
 
+class EpochSeeds(keras.callbacks.Callback):
+    """Re-seeds every random source at the start of each epoch from (seed, epoch).
+
+    Keras does not save the seed generators' states (dropout masks) in a
+    checkpoint, and the backends' global generators restart from the run's
+    seed in a new process; seeding each epoch from (seed, epoch) gives a run
+    resumed at epoch k the same random stream from epoch k on as a run that
+    was never interrupted. (Data order, balancing and augmentation are seeded
+    by (seed, epoch) already.)
+
+    Args:
+        seed: the run's seed.
+    """
+
+    def __init__(self, seed):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import numpy as np
+
+        rng = np.random.default_rng((self.seed, epoch))
+        keras.utils.set_random_seed(int(rng.integers(0, 2**31 - 1)))
+        for variable in self.model.variables:
+            if variable.path.endswith("seed_generator_state"):
+                variable.assign(np.array([rng.integers(0, 2**31 - 1), 0]).astype(variable.dtype))
+
+
 @dataclass
 class Run:
     """An opened run folder.
@@ -247,6 +275,7 @@ def fit_run(run, plan, progress=True):
     train_ds.set_epoch(len(history))
     callbacks = [
         keras.callbacks.LearningRateScheduler(step_schedule(cfg.learning_rate, cfg.lr_step_epochs, cfg.lr_factor)),
+        EpochSeeds(cfg.seed),
         RunRecorder(run.dir, plan.monitor, best, export=plan.export),
     ]
     if len(history) < cfg.epochs:

@@ -257,3 +257,43 @@ def test_full_disk_stops_training_with_one_line(tiny_isic, tmp_path):
         assert not (out / runs.LOCK_FILE).exists()
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_isic, tmp_path):
+    """A seg-train killed (SIGKILL) in its second epoch, resumed: history equal to a run never interrupted."""
+    import signal
+    import time
+
+    from skinkeras.config import SegTrainConfig
+    from skinkeras.segmentation.train import train_segmentation
+
+    small = dict(encoder="mobilenetv2", weights="none", image_size=32, batch_size=4, epochs=3)
+    cfg = dict(images=str(tiny_isic / "images"), masks=str(tiny_isic / "masks"), decoder_filters=[16, 8, 8, 8, 8],
+               aspp_filters=8, **small)
+    whole = train_segmentation(SegTrainConfig(**cfg, out=str(tmp_path / "whole")), progress=False)
+
+    killed = tmp_path / "killed"
+    config = tmp_path / "small.toml"
+    config.write_text("decoder_filters = [16, 8, 8, 8, 8]\naspp_filters = 8\n")
+    args = [sys.executable, str(ROOT / "cli.py"), "seg-train", "--images", tiny_isic / "images", "--masks",
+            tiny_isic / "masks", "--config", config, "--out", killed,
+            *[str(v) for k, v in small.items() for v in (f"--{k.replace('_', '-')}", v)]]
+    process = subprocess.Popen([str(a) for a in args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if (killed / "history.csv").exists() and len((killed / "history.csv").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    rows = len(pd.read_csv(killed / "history.csv"))
+    assert 1 <= rows < 3 and (killed / runs.LOCK_FILE).exists()  # killed mid-run, its lock left behind
+
+    train_segmentation(SegTrainConfig(**cfg, out=str(killed)), resume=True, progress=False)  # takes the stale lock
+    a = pd.read_csv(Path(whole) / "history.csv").drop(columns="seconds")
+    b = pd.read_csv(killed / "history.csv").drop(columns="seconds")
+    assert len(b) == 3 and list(b.epoch) == [1, 2, 3]
+    np.testing.assert_allclose(b.to_numpy(), a.to_numpy(), rtol=1e-5, atol=1e-6)
+    env = runs.read_json(str(killed / "env.json"))
+    assert "seg-train" in env["command"] and len(env["resumes"]) == 1
+    assert not (killed / runs.LOCK_FILE).exists()

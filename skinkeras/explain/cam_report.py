@@ -225,7 +225,7 @@ def _figure_order(cams):
     return sorted(cams, key=lambda key: (key[0] != "baseline", key[1] != ORIGINAL))
 
 
-def explain(cfg: ExplainConfig, progress=True):
+def gradcam(cfg: ExplainConfig, progress=True):
     """The `gradcam` stage; returns the cam_metrics.json dict.
 
     Args:

@@ -56,6 +56,19 @@ def vit_features(image, size, patch_size, dim, depth, num_heads, mlp_dim, dropou
     return SelectToken(0, name="vit_class_token")(x)
 
 
+def vit_cam_layer(depth):
+    """The ViT's Grad-CAM target: the patch tokens that enter the last block.
+
+    Only the class token of the last block's output reaches the head, so that
+    output's patch tokens get no gradient; the last block's input (the
+    previous block's output, or the embedding for a one-block ViT) does.
+
+    Args:
+        depth: number of encoder blocks.
+    """
+    return f"vit_block{depth - 2}" if depth >= 2 else "vit_patch_embedding"
+
+
 def build_cls_baseline(
     arch,
     num_classes,
@@ -116,7 +129,7 @@ def build_cls_baseline(
                 "the ViT baseline trains from scratch: use --weights none"
             )
         x = vit_features(image, size, vit_patch_size, vit_dim, vit_depth, vit_heads, vit_mlp_dim, vit_dropout)
-        target = ExplanationTarget(ORIGINAL, f"vit_block{int(vit_depth) - 1}", ORIGINAL, tokens=True)
+        target = ExplanationTarget(ORIGINAL, vit_cam_layer(int(vit_depth)), ORIGINAL, tokens=True)
     else:
         fmap = encode_image(image, CLS_ARCHS[key], weights, size, ORIGINAL, bn_momentum)
         x = layers.GlobalAveragePooling2D(name="gap")(fmap)

@@ -138,7 +138,9 @@ def _legacy_contract(model):
     if not targets:
         blocks = sorted((n for n in layers if n.startswith("vit_block")), key=lambda n: int(n[len("vit_block"):]))
         if blocks:
-            targets = (ExplanationTarget(ORIGINAL, blocks[-1], ORIGINAL, tokens=True),)
+            # the tokens entering the last block: that block's output reaches the head by its class token only
+            layer = blocks[-2] if len(blocks) >= 2 else "vit_patch_embedding"
+            targets = (ExplanationTarget(ORIGINAL, layer, ORIGINAL, tokens=True),)
     return Contract(CLASSIFICATION, tuple(names), PROBABILITIES, LOGITS, targets)
 
 

@@ -1,8 +1,6 @@
 """Lesion-grouped and per-image stratified splits, split files, controlled balancing and its plot."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

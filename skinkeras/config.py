@@ -480,15 +480,9 @@ def resolve(cls, file=None, **overrides):
         file: optional TOML file of values that differ from the defaults.
         **overrides: CLI values; None means "not given".
     """
-    values = load_toml(file) if file else {}
+    values = {**(load_toml(file) if file else {}), **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        values = cls.upgrade(values)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls.from_dict(values)
     except ValueError as exc:
         raise ValueError(f"{file}: {exc}" if file else str(exc)) from None
 

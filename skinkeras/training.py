@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import keras
+import numpy as np
 
 from skinkeras import runs
 from skinkeras.config import from_json, to_json
@@ -139,8 +140,6 @@ class EpochSeeds(keras.callbacks.Callback):
         self.seed = int(seed)
 
     def on_epoch_begin(self, epoch, logs=None):
-        import numpy as np
-
         rng = np.random.default_rng((self.seed, epoch))
         keras.utils.set_random_seed(int(rng.integers(0, 2**31 - 1)))
         for variable in self.model.variables:

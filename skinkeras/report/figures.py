@@ -12,6 +12,13 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path, dpi=100):
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_history(history_csv, out_png, metric="dice"):
     """Draws loss and validation metric curves of a run.
 
@@ -41,10 +48,7 @@ def plot_history(history_csv, out_png, metric="dice"):
     axes[1].set_xlabel("epoch")
     axes[1].set_title(metric)
     axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def plot_confusion(labels, pred, classes, path):
@@ -74,10 +78,7 @@ def plot_confusion(labels, pred, classes, path):
             for j in range(n):
                 ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=8,
                         color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_roc(labels, probs, classes, path):
@@ -102,7 +103,4 @@ def plot_roc(labels, probs, classes, path):
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

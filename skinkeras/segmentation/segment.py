@@ -1,5 +1,6 @@
 """`segment`: the predicted masks and segmented images (paper Figure 2) that feed the classifier."""
 
+import functools
 import os
 
 from skinkeras import runs
@@ -10,7 +11,7 @@ from skinkeras.inference import load_model, predict_original_size
 from skinkeras.models.contract import SEGMENTATION
 
 
-def segment_folder(model_path, images, out, batch_size=8, progress=True, model=None):
+def segment_folder(model_path, images, out, batch_size=8, progress=True, load=None):
     """Writes predicted masks and segmented images for a whole folder, skipping what is already there.
 
     Layout: see `skinkeras.data.segdir` (OUT/masks/ID_segmentation.png and
@@ -22,7 +23,7 @@ def segment_folder(model_path, images, out, batch_size=8, progress=True, model=N
         out: output folder (SEGDIR).
         batch_size: prediction batch size.
         progress: show a progress bar.
-        model: the loaded model, when the caller has it already.
+        load: () -> the model, called only when something is left to do (default: load `model_path`).
     """
     files = list_images(images)
     if not files:
@@ -40,7 +41,7 @@ def segment_folder(model_path, images, out, batch_size=8, progress=True, model=N
 
     skipped = []
     if todo:
-        model = model or load_model(model_path, task=SEGMENTATION)
+        model = load() if load else load_model(model_path, task=SEGMENTATION)
         skipped = predict_original_size(model, todo, batch_size, progress, save)
     runs.write_skipped(out, skipped)
     report = {"images": len(items), "written": len(written), "already_there": len(items) - len(todo),
@@ -50,18 +51,11 @@ def segment_folder(model_path, images, out, batch_size=8, progress=True, model=N
 
 
 def segment(cfg: SegmentConfig, progress=True):
-    """The `segment` stage over every folder of `cfg.images`; returns one report per folder.
+    """The `segment` stage over every folder of `cfg.images`, loading the model once; one report per folder.
 
     Args:
         cfg: `SegmentConfig`.
         progress: show progress bars.
     """
-    model = None
-    reports = []
-    for folder in cfg.images:
-        files_todo = list_images(folder)
-        if model is None and any(not SegDir(cfg.out).has(os.path.splitext(os.path.basename(p))[0])
-                                 for p in files_todo):
-            model = load_model(cfg.model, task=SEGMENTATION)
-        reports.append(segment_folder(cfg.model, folder, cfg.out, cfg.batch_size, progress, model=model))
-    return reports
+    load = functools.cache(lambda: load_model(cfg.model, task=SEGMENTATION))
+    return [segment_folder(cfg.model, folder, cfg.out, cfg.batch_size, progress, load) for folder in cfg.images]

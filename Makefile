@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # The CPU build of PyTorch that CI uses; a GPU user installs torch separately (see README).
 TORCH_PIN ?= torch==2.13.0
 BACKENDS ?= jax tensorflow torch
-DEMO_BACKEND ?= jax
+DEMO_BACKEND ?= torch
 
 .PHONY: demo test test-core test-backends install clean
 

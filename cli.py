@@ -98,11 +98,14 @@ def data_options(func):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-def cli():
+@click.option("--verbose", is_flag=True, help="Keep TensorFlow's C++ start-up lines (CUDA probing, CPU features).")
+def cli(verbose):
     """skinkeras: Deep-UNet segmentation, TDBN classification and Grad-CAM on JAX, TensorFlow or PyTorch.
 
     The backend is chosen with the KERAS_BACKEND environment variable (jax, tensorflow, torch).
     """
+    if verbose:
+        os.environ["SKINKERAS_VERBOSE"] = "1"  # read by skinkeras.backend_config when skinkeras is imported
 
 
 @cli.command("make-synthetic")
@@ -324,22 +327,45 @@ def predict_cmd(out, **values):
         click.echo(f"Results: {out}")
 
 
+@cli.command("report")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", default="report.html", show_default=True, help="The HTML file to write.")
+@click.option("--title", default=None, help="Page title (default: the run names).")
+@click.option("--screenshot", default=None, type=click.Path(dir_okay=False),
+              help="Also render the page in headless Chromium and save a full-page PNG here.")
+@friendly_errors
+def report_cmd(folders, out, title, screenshot):
+    """One self-contained HTML report of run folders, side by side: training runs with their seg-eval / cls-eval
+    folders, gradcam folders (Figure 7, CAM measures) and bench folders."""
+    from skinkeras.report.html import write_report
+
+    path = write_report(folders, out, title)
+    click.echo(f"Report: {os.path.abspath(path)}")
+    if screenshot:
+        from skinkeras.report.browser import check_page
+
+        seen = check_page(path, screenshot)
+        click.echo(f"Screenshot: {os.path.abspath(screenshot)} ({len(seen.images)} images, "
+                   f"{len(seen.broken_images)} broken, {len(seen.console_errors)} console errors)")
+
+
 @cli.command("demo")
 @click.option("--out", default="demo", show_default=True, help="Folder for the data and all runs.")
-@click.option("--n", default=96, show_default=True, help="Synthetic images per dataset.")
-@click.option("--epochs", default=6, show_default=True)
-@click.option("--image-size", default=96, show_default=True)
+@click.option("--n", default=720, show_default=True, help="Synthetic HAM10000 images (the classification set).")
+@click.option("--seg-n", default=160, show_default=True, help="Synthetic ISIC 2018 Task 1 training pairs.")
+@click.option("--epochs", default=6, show_default=True, help="Segmentation epochs.")
+@click.option("--image-size", default=64, show_default=True, help="Segmentation input size.")
 @click.option("--encoder", default="efficientnetb0", show_default=True)
 @click.option("--cls-encoder", default="mobilenetv2", show_default=True, help="Both TDBN branches and the baseline.")
 @click.option("--cls-image-size", default=64, show_default=True)
-@click.option("--cls-epochs", default=4, show_default=True)
+@click.option("--cls-epochs", default=10, show_default=True)
 @friendly_errors
-def demo_cmd(out, n, epochs, image_size, encoder, cls_encoder, cls_image_size, cls_epochs):
-    """The whole pipeline on a synthetic set with small settings: segmentation, classification, Grad-CAM, predict."""
+def demo_cmd(out, **settings):
+    """The whole pipeline on a synthetic set with small settings: segmentation, classification, Grad-CAM, predict,
+    and an HTML report of it all."""
     from skinkeras.demo import run_demo
 
-    run_demo(out, n=n, epochs=epochs, image_size=image_size, encoder=encoder, cls_encoder=cls_encoder,
-             cls_image_size=cls_image_size, cls_epochs=cls_epochs, echo=click.echo)
+    run_demo(out, echo=click.echo, **settings)
 
 
 if __name__ == "__main__":

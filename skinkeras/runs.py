@@ -95,11 +95,21 @@ def write_skipped(run_dir, skipped, name="skipped.csv"):
     return path
 
 
+# Names in a run folder that several modules read or write.
+REPORT_HTML = "report.html"
+VAL_PREDICTIONS = "val_predictions.csv"
+VAL_GROUND_TRUTH = "val_ground_truth.csv"
+WORST_DIR = "worst"
+WORST_CSV = "worst.csv"
+
 # Files that mean a run folder holds finished work (training started and wrote something worth keeping).
 FINISHED_WORK = ("history.csv", "last.keras", "best.keras", "metrics.json")
 # What a fresh start (--overwrite) removes: the files a run writes.
 RUN_FILES = FINISHED_WORK + ("config.json", "env.json", "split.csv", "skipped.csv", "classes.json",
-                             "metadata_encoder.json", "training_curves.png", "class_distribution.png")
+                             "metadata_encoder.json", "training_curves.png", "class_distribution.png",
+                             VAL_PREDICTIONS, VAL_GROUND_TRUTH, WORST_CSV, REPORT_HTML)
+# Folders a run writes, removed with it.
+RUN_FOLDERS = (WORST_DIR,)
 
 
 def prepare_run_dir(out, command, resume=False, overwrite=False):
@@ -130,6 +140,8 @@ def prepare_run_dir(out, command, resume=False, overwrite=False):
             path = os.path.join(run_dir, name)
             if os.path.isfile(path):
                 os.remove(path)
+        for name in RUN_FOLDERS:
+            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
     os.makedirs(run_dir, exist_ok=True)
     return run_dir
 

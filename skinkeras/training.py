@@ -5,7 +5,7 @@ loads its data, and hands `fit_run` a `TrainingPlan`: how to build the
 compiled model, its datasets, the monitored metric and how to score the best
 checkpoint. Everything else (resume from last.keras, atomic best.keras /
 last.keras, history.csv, training_curves.png, metrics.json with size and
-time) lives here once.
+time, report.html) lives here once.
 """
 
 import csv
@@ -266,6 +266,7 @@ def fit_run(run, plan, progress=True):
         the run folder.
     """
     from skinkeras.report.figures import plot_history
+    from skinkeras.report.html import write_run_report
 
     cfg = run.cfg
     model, history = restore_or_build(run, plan.build)
@@ -297,4 +298,5 @@ def fit_run(run, plan, progress=True):
         **model_size(best_model),
     }
     runs.write_json(run.path(METRICS_JSON), metrics)
+    write_run_report(run.dir)
     return run.dir

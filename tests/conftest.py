@@ -46,3 +46,21 @@ def installed_backends():
     import importlib.util
 
     return [b for b in ("jax", "tensorflow", "torch") if importlib.util.find_spec(b) is not None]
+
+
+# The tiny demo that test_demo.py and the report tests share: every stage once, each on a few images.
+TINY_DEMO_ARGS = ["--n", "64", "--seg-n", "24", "--epochs", "2", "--image-size", "32", "--cls-epochs", "1",
+                  "--cls-image-size", "32"]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """Runs `cli.py demo` once at tiny settings; returns (its folder, its printed output)."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    out = tmp_path_factory.mktemp("tiny-demo") / "demo"
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out), *TINY_DEMO_ARGS], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, result.output

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from skinkeras import runs
+from skinkeras.classification.evaluate import isic_csv
 from skinkeras.classification.records import dataset_classes, load_cls_records
 from skinkeras.config import ClsTrainConfig
 from skinkeras.data import classification as cls_data
@@ -69,7 +70,9 @@ def train_classification(cfg: ClsTrainConfig, resume=False, resume_epochs=None, 
     (train / val / test, lesion-grouped by default), skipped.csv,
     class_distribution.png (before / after balancing), last.keras, best.keras
     (best validation balanced accuracy, no optimizer state), history.csv,
-    training_curves.png and metrics.json (validation scores of best.keras).
+    training_curves.png, metrics.json (validation scores of best.keras), the
+    validation predictions in the ISIC format (val_predictions.csv,
+    val_ground_truth.csv) and report.html.
 
     Args:
         cfg: `ClsTrainConfig`.
@@ -132,6 +135,10 @@ def _fit(run, progress):
 
     def evaluate(best_model):
         probs = predict_probabilities(best_model, arrays, labels, val_idx, cfg.batch_size)
+        # In the ISIC format, so the report draws the validation confusion matrix and ROC from files.
+        ids = df.image_id.to_numpy()[val_idx]
+        isic_csv(ids, probs, classes, cfg.dataset, run.path(runs.VAL_PREDICTIONS))
+        isic_csv(ids, np.eye(len(classes))[labels[val_idx]], classes, cfg.dataset, run.path(runs.VAL_GROUND_TRUTH))
         return {"val": classification_scores(labels[val_idx], probs, classes), "split": cfg.split,
                 "subset_images": {s: int(np.isin(np.flatnonzero(subset == s), kept).sum())
                                   for s in ("train", "val", "test")}}

@@ -1,6 +1,10 @@
 """Figures of the run folders (matplotlib, Agg backend): training curves, confusion matrix, ROC."""
 
+import os
+
 import numpy as np
+
+from skinkeras.runs import WORST_CSV, WORST_DIR
 
 
 def _pyplot():
@@ -104,3 +108,85 @@ def plot_roc(labels, probs, classes, path):
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+def segmentation_triptych(image, truth, pred, height=128):
+    """Image | truth | prediction side by side, each mask drawn over the image with its outline.
+
+    Args:
+        image: (H, W, 3) uint8.
+        truth: (H, W) bool ground truth.
+        pred: (H, W) bool prediction.
+        height: output height in pixels (the aspect ratio is kept).
+    """
+    from PIL import Image
+    from scipy import ndimage
+
+    image = np.asarray(image, np.uint8)
+    panels = [image]
+    for mask, colour in ((truth, (40, 200, 80)), (pred, (240, 60, 40))):
+        mask = np.asarray(mask, bool)
+        panel = image.astype(np.float32)
+        panel[mask] = 0.6 * panel[mask] + 0.4 * np.array(colour, np.float32)
+        edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, image.shape[0] // 96))
+        panel[edge] = colour
+        panels.append(panel.astype(np.uint8))
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    resized = [np.asarray(Image.fromarray(p).resize((width, height), Image.BILINEAR)) for p in panels]
+    gap = np.full((height, 4, 3), 255, np.uint8)
+    return np.concatenate([resized[0], gap, resized[1], gap, resized[2]], axis=1)
+
+
+class WorstImages:
+    """Keeps the K lowest-scoring segmentations seen and writes them as WORST_DIR/ID.png with WORST_CSV.
+
+    Only K small triptychs are held at any time, so it can follow a stream of any length.
+
+    Args:
+        k: how many to keep.
+        score: per-image score key that orders them (lowest first).
+    """
+
+    def __init__(self, k=8, score="dice"):
+        self.k = k
+        self.score = score
+        self.kept = []
+
+    def add(self, image_id, image, truth, pred, scores):
+        """Offers one image; keeps it when it is among the K lowest so far.
+
+        Args:
+            image_id: its id.
+            image: (H, W, 3) uint8.
+            truth: (H, W) bool ground truth.
+            pred: (H, W) bool prediction.
+            scores: its seg_scores dict.
+        """
+        value = float(scores[self.score])
+        if len(self.kept) >= self.k and value >= self.kept[-1][0]:
+            return
+        self.kept.append((value, str(image_id), segmentation_triptych(image, truth, pred), dict(scores)))
+        self.kept.sort(key=lambda item: (item[0], item[1]))
+        del self.kept[self.k:]
+
+    def save(self, out):
+        """Writes OUT/worst/ID.png and OUT/worst.csv (image_id and scores, lowest first).
+
+        Args:
+            out: the run or evaluation folder.
+        """
+        import csv
+
+        from PIL import Image
+
+        folder = os.path.join(out, WORST_DIR)
+        os.makedirs(folder, exist_ok=True)
+        for _, image_id, picture, _ in self.kept:
+            Image.fromarray(picture).save(os.path.join(folder, f"{image_id}.png"))
+        with open(os.path.join(out, WORST_CSV), "w", newline="") as f:
+            names = list(self.kept[0][3]) if self.kept else [self.score]
+            writer = csv.writer(f)
+            writer.writerow(["image_id", *names])
+            for _, image_id, _, scores in self.kept:
+                writer.writerow([image_id, *(f"{scores[n]:.6f}" for n in names)])
+        return folder

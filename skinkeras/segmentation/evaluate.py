@@ -12,6 +12,7 @@ from skinkeras.data.segdir import MASKS_DIR
 from skinkeras.inference import load_model, predict_original_size
 from skinkeras.metrics import SEG_METRICS, mean_scores, score_mask_folders, seg_scores
 from skinkeras.models.contract import SEGMENTATION
+from skinkeras.report.figures import WorstImages
 
 
 def write_seg_report(out, per_image, skipped, extra=None):
@@ -36,7 +37,8 @@ def seg_eval_model(model_path, out, data_dir=None, images=None, masks=None, subs
     """Predicts masks for a labelled set, writes them in the ISIC submission format and scores them.
 
     Masks go to OUT/masks/ID_segmentation.png (0/255, original size); scores
-    per image to per_image.csv; macro means to metrics.json (keys dice,
+    per image to per_image.csv; the 8 lowest-Dice images as image | truth |
+    prediction to OUT/worst/ with worst.csv; macro means to metrics.json (keys dice,
     jaccard, threshold_jaccard, accuracy, sensitivity, specificity), computed
     exactly like the official ISIC scorer.
 
@@ -60,6 +62,7 @@ def seg_eval_model(model_path, out, data_dir=None, images=None, masks=None, subs
     runs.write_json(os.path.join(out, "env.json"), {**runs.environment(seed), "model": os.path.abspath(model_path)})
     truth_paths = {p.image_id: p.mask_path for p in pairs}
     per_image, skipped = [], list(problems)
+    worst = WorstImages()
 
     def score(image_id, image, pred):
         write_mask(os.path.join(out, MASKS_DIR, mask_name(image_id)), pred)
@@ -72,11 +75,14 @@ def seg_eval_model(model_path, out, data_dir=None, images=None, masks=None, subs
             skipped.append((truth_paths[image_id], f"mask size {truth.shape[::-1]} differs from image size "
                                                    f"{pred.shape[::-1]}"))
             return
-        per_image.append({"image_id": image_id, **seg_scores(truth, pred)})
+        scores = seg_scores(truth, pred)
+        per_image.append({"image_id": image_id, **scores})
+        worst.add(image_id, image, truth, pred, scores)
 
     skipped += predict_original_size(model, [(p.image_id, p.image_path) for p in pairs], batch_size, progress, score)
     if not per_image:
         raise ValueError(f"No image could be scored; see {os.path.join(out, 'skipped.csv')}")
+    worst.save(out)
     return write_seg_report(out, per_image, skipped, {"model": os.path.abspath(model_path),
                                                       "pred_dir": os.path.join(out, MASKS_DIR)})
 

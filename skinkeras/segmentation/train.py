@@ -14,6 +14,7 @@ from skinkeras.losses import BCEDiceLoss
 from skinkeras.metrics import DiceCoefficient, JaccardIndex, mean_scores, seg_scores
 from skinkeras.models.contract import AUX_OUTPUTS, MASK
 from skinkeras.models.registry import build_model
+from skinkeras.report.figures import WorstImages
 from skinkeras.training import TrainingPlan, fit_run, open_run
 
 MONITOR = f"val_{MASK}_dice"
@@ -77,7 +78,7 @@ def load_split(run, progress=True):
         progress: show a progress bar.
 
     Returns:
-        ((x_train, y_train), (x_val, y_val)) uint8 arrays.
+        ((x_train, y_train), (x_val, y_val), val_ids): uint8 arrays and the validation image ids.
     """
     cfg = run.cfg
     split_csv = run.path("split.csv")
@@ -102,7 +103,8 @@ def load_split(run, progress=True):
     val_idx = [row[p.image_id] for p in val_pairs if p.image_id in row]
     if progress:
         print(f"{len(train_idx)} training and {len(val_idx)} validation pairs ({len(skipped)} skipped)")
-    return (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx])
+    val_ids = [kept[i].image_id for i in val_idx]
+    return (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx]), val_ids
 
 
 def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, progress=True, overwrite=False):
@@ -129,7 +131,7 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
 
 def _fit(run, progress):
     cfg = run.cfg
-    (x_train, y_train), (x_val, y_val) = load_split(run, progress)
+    (x_train, y_train), (x_val, y_val), val_ids = load_split(run, progress)
     if len(x_train) == 0 or len(x_val) == 0:
         raise ValueError(f"Empty training or validation split ({len(x_train)} / {len(x_val)} pairs); "
                          "give more images or a larger --limit")
@@ -143,6 +145,10 @@ def _fit(run, progress):
     def evaluate(best_model):
         probs = predict_masks(best_model, x_val, batch_size=max(1, min(cfg.batch_size, 16)))
         per_image = [seg_scores(t[..., 0] > 0, p > 0.5) for t, p in zip(y_val, probs)]
+        worst = WorstImages()
+        for image_id, image, truth, pred, scores in zip(val_ids, x_val, y_val, probs, per_image):
+            worst.add(image_id, image, truth[..., 0] > 0, pred > 0.5, scores)
+        worst.save(run.dir)
         return {"val": mean_scores(per_image), "val_images": len(x_val),
                 "note": "validation scores of best.keras at the training resolution; seg-eval scores at original size",
                 "first_epoch_val_dice": run.history[0].get(MONITOR) if run.history else None}

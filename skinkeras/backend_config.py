@@ -1,0 +1,105 @@
+"""Backend configuration in one place: TensorFlow's start-up noise on stderr (no Keras import here).
+
+Keras imports TensorFlow whenever it is installed, also under JAX and torch (to seed it in
+`keras.utils.set_random_seed`, to recognise `tf.TensorShape` when saving). TensorFlow's C++
+start-up then writes lines such as "Could not find cuda drivers on your machine" and
+"oneDNN custom operations are on" straight to file descriptor 2, before any Python logging
+setting applies (TF_CPP_MIN_LOG_LEVEL does not reach them). `quiet_tensorflow_startup`
+makes that first import run with descriptor 2 captured and writes back every line that is
+not such start-up noise, so warnings that matter stay visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+
+# Lines TensorFlow and its bundled XLA/absl print at import on a machine without a GPU.
+STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|cudart_stub\.cc|Could not find cuda drivers|"
+    r"cpu_feature_guard\.cc|To enable the following instructions|rebuild TensorFlow with the appropriate compiler|"
+    r"oneDNN custom operations are on|TF_ENABLE_ONEDNN_OPTS|Unable to register cu(DNN|FFT|BLAS) factory|"
+    r"computation placer already registered|TF-TRT Warning|cuda_executor\.cc|cuInit|"
+    r"failed call to cuInit|This TensorFlow binary is optimized"
+)
+
+
+@contextlib.contextmanager
+def filtered_stderr(pattern=STARTUP_NOISE):
+    """Captures file descriptor 2 for the block, then writes back the lines that do not match `pattern`.
+
+    Args:
+        pattern: compiled regular expression of the lines to drop.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if line.strip() and not pattern.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader, finder):
+        self.loader = loader
+        self.finder = finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self.finder)  # one import to quieten; later lookups take the normal path
+        with filtered_stderr():
+            self.loader.exec_module(module)
+            if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+                # Keras only needs TensorFlow's Python side here; kept off the GPUs it cannot take memory the
+                # JAX or torch run needs (and its CUDA probe writes its lines while they are still filtered).
+                with contextlib.suppress(Exception):
+                    module.config.set_visible_devices([], "GPU")
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of the import of `tensorflow`; leaves the import system once that has run.
+
+    It stays through mere availability checks (`importlib.util.find_spec("tensorflow")`, which
+    several libraries call at import time without importing it).
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader, self)
+        return spec
+
+
+VERBOSE_ENV = "SKINKERAS_VERBOSE"
+
+
+def quiet_tensorflow_startup():
+    """Makes the process's first TensorFlow import (whoever triggers it) drop TensorFlow's start-up noise.
+
+    Does nothing when TensorFlow is already imported or not installed, or when the
+    environment variable SKINKERAS_VERBOSE is set (`python cli.py --verbose ...`).
+    """
+    if os.environ.get(VERBOSE_ENV) or "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietTensorFlowFinder())

@@ -353,7 +353,7 @@ def report_cmd(folders, out, title, screenshot):
 @click.option("--out", default="demo", show_default=True, help="Folder for the data and all runs.")
 @click.option("--n", default=720, show_default=True, help="Synthetic HAM10000 images (the classification set).")
 @click.option("--seg-n", default=160, show_default=True, help="Synthetic ISIC 2018 Task 1 training pairs.")
-@click.option("--epochs", default=6, show_default=True, help="Segmentation epochs.")
+@click.option("--epochs", default=5, show_default=True, help="Segmentation epochs.")
 @click.option("--image-size", default=64, show_default=True, help="Segmentation input size.")
 @click.option("--encoder", default="efficientnetb0", show_default=True)
 @click.option("--cls-encoder", default="mobilenetv2", show_default=True, help="Both TDBN branches and the baseline.")

@@ -88,3 +88,15 @@ def test_json_mode_prints_one_json_line(capfd):
     lines = out.strip().splitlines()
     assert len(lines) == 1
     assert json.loads(lines[0])[0]["backend"] == "nonexistent_backend"
+
+
+def test_bench_folder_in_the_report(tmp_path):
+    from skinkeras.report.html import build_report, folder_kind
+
+    rows = [bench._row("torch", "unet", "mobilenetv2", 64, 2, "ok", build_s=1.25, step_s=0.5),
+            bench._row("jax", "unet", "mobilenetv2", 64, 2, "jax not installed")]
+    bench.write_results(rows, tmp_path / "bench")
+    assert folder_kind(tmp_path / "bench") == "bench"
+    page = build_report([tmp_path / "bench"])
+    section = page.split('<section id="bench">')[1].split("</section>")[0]
+    assert section.count("<tr>") == 3 and "jax not installed" in section and "<td>1.25</td>" in section

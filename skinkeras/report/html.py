@@ -292,6 +292,17 @@ def _overview(columns, cams, benches):
 
 
 def _config_section(columns):
+    """One table per task: the fields that differ between its runs (all fields for a single run)."""
+    parts = []
+    for task, title in (("seg", "Segmentation"), ("cls", "Classification")):
+        group = [c for c in columns if c.task == task and c.train]
+        if group:
+            heading = f"<h3>{title}</h3>" if len({c.task for c in columns if c.train}) > 1 else ""
+            parts.append(heading + _config_table(group))
+    return "".join(parts) or "<p class=muted>No training configuration among these folders.</p>"
+
+
+def _config_table(columns):
     configs = [c.config for c in columns]
     keys = sorted({k for cfg in configs for k in cfg})
     if not keys:
@@ -554,7 +565,7 @@ th,td{border:1px solid #d8dee4;padding:3px 7px;text-align:left;vertical-align:to
 table.wrap td{white-space:normal;word-break:break-word;max-width:480px}
 th{background:#f0f3f6}table.sortable th{cursor:pointer}
 .side{display:flex;gap:16px;flex-wrap:wrap}.cell{flex:1 1 420px;min-width:0;overflow-x:auto}
-img{max-width:100%;height:auto}figure{display:inline-block;margin:6px 10px 6px 0;vertical-align:top}
+img{max-width:100%;height:auto}.cell>img{max-width:min(100%,680px)}figure{display:inline-block;margin:6px 10px 6px 0;vertical-align:top}
 figure.row{display:block}figure.row div{display:inline-block;margin-right:6px;vertical-align:top}
 figcaption,.cap{font-size:12px;color:#444}.ci{color:#57606a;font-size:11.5px}.muted{color:#6e7781}
 """
@@ -597,9 +608,11 @@ def build_report(paths, title=None):
                   "confusion": _confusion_cell, "roc": _roc_cell, "per-class": _per_class_cell,
                   "worst": _worst_cell}
     for key, draw in per_column.items():
-        cells = [draw(c) for c in columns]
-        if any(cells) or key in MAIN_SECTIONS:
-            sections[key] = _columns([_cell(c, body) for c, body in zip(columns, cells)])
+        # A section shows the models that have something for it (a confusion matrix is no segmentation's).
+        cells = [(c, draw(c)) for c in columns]
+        shown = cells if key in MAIN_SECTIONS else [(c, body) for c, body in cells if body]
+        if shown:
+            sections[key] = _columns([_cell(c, body) for c, body in shown])
     if cams:
         sections["gradcam"] = _gradcam_section(cams)
     if benches:

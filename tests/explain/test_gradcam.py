@@ -109,15 +109,18 @@ def small_tdbn():
     from cam_fixtures import calibrated_tdbn, cam_inputs
 
     inputs = cam_inputs()
-    return calibrated_tdbn(), inputs
+    model = calibrated_tdbn()
+    # One set of targets (one clone of the model) for the module: each clone is a rebuild, slow under JAX.
+    return model, inputs, cam_targets(model)
 
 
 CLASSES = [0, 3, 6, 1, 2, 5]
 
 
 def test_tdbn_gives_one_map_per_branch(small_tdbn):
-    model, inputs = small_tdbn
-    result = grad_cam(model, inputs, class_index=CLASSES, batch_size=4)
+    model, inputs, targets = small_tdbn
+    # Batches of 3 and of 6: two shapes, each traced once under JAX (the later tests reuse the 6).
+    result = grad_cam(model, inputs, class_index=CLASSES, batch_size=3, targets=targets)
     assert set(result.raw) == {"original", "segmented"}
     for branch, maps in result.raw.items():
         assert maps.shape == (6, 2, 2), branch
@@ -126,7 +129,7 @@ def test_tdbn_gives_one_map_per_branch(small_tdbn):
     assert not result.degenerate["original"].any()
     assert (result.raw["original"].max(axis=(1, 2)) > 0).sum() >= 4
     # Batching does not change a map (inference mode: samples do not interact).
-    again = grad_cam(model, inputs, class_index=CLASSES, batch_size=6)
+    again = grad_cam(model, inputs, class_index=CLASSES, batch_size=6, targets=targets)
     np.testing.assert_allclose(upsample_cams(again.raw["original"], (64, 64)),
                                upsample_cams(result.raw["original"], (64, 64)), atol=1e-3)
 
@@ -135,23 +138,23 @@ def test_segmented_branch_gradcam_is_degenerate_and_layercam_is_not(small_tdbn):
     # The segmented tokens are only attention keys: shifting one channel at every position moves every attention
     # logit of a query by the same amount, which the softmax removes, so Grad-CAM's spatially averaged weights
     # are round-off. They are reported as degenerate and drawn as zero maps, never as amplified noise.
-    model, inputs = small_tdbn
-    result = grad_cam(model, inputs, class_index=CLASSES)
+    model, inputs, targets = small_tdbn
+    result = grad_cam(model, inputs, class_index=CLASSES, targets=targets)
     assert [t.keys_only for t in result.targets] == [False, True]
     assert result.degenerate["segmented"].all()
     assert (result.raw["segmented"] == 0).all()
-    layer = grad_cam(model, inputs, class_index=CLASSES, method="layercam")
+    layer = grad_cam(model, inputs, class_index=CLASSES, method="layercam", targets=targets)
     assert not layer.degenerate["segmented"].any()
     assert (layer.raw["segmented"].max(axis=(1, 2)) > 0).all()
     # ... and it follows the segmented image: the keys decide which original tokens the attention mixes.
     flipped = dict(inputs, segmented=inputs["segmented"][:, ::-1].copy())
-    moved = grad_cam(model, flipped, class_index=CLASSES, method="layercam")
+    moved = grad_cam(model, flipped, class_index=CLASSES, method="layercam", targets=targets)
     assert np.abs(upsample_cams(moved.raw["segmented"], (64, 64))
                   - upsample_cams(layer.raw["segmented"], (64, 64))).max() > 0.1
 
 
 def test_layer_inside_both_encoders_gives_two_finer_maps(small_tdbn):
-    model, inputs = small_tdbn
+    model, inputs, _ = small_tdbn
     targets = cam_targets(model, "block_13_expand_relu")  # stride 16
     assert [t.layer for t in targets] == ["original_encoder/block_13_expand_relu",
                                           "segmented_encoder/block_13_expand_relu"]
@@ -160,7 +163,7 @@ def test_layer_inside_both_encoders_gives_two_finer_maps(small_tdbn):
 
 
 def test_unknown_layer_lists_the_top_level_ones(small_tdbn):
-    model, _ = small_tdbn
+    model, _, _ = small_tdbn
     with pytest.raises(ValueError, match="No layer 'nope'.*cross_attention"):
         cam_targets(model, "nope")
 

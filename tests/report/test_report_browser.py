@@ -26,7 +26,8 @@ def test_demo_report_renders_in_chromium(tiny_demo, tmp_path):
     # Laptop width: nothing forces a horizontal scroll bar.
     assert seen.width <= 1366
     picture = np.asarray(Image.open(shot).convert("L"), np.float32)
-    assert picture.shape[1] == 1366 and picture.shape[0] >= 768 and picture.std() > 10
+    # The page is as wide as the viewport less its scroll bar, taller than one screen, and not blank.
+    assert 1300 <= picture.shape[1] <= 1366 and picture.shape[0] >= 768 and picture.std() > 10
     keep = os.environ.get("SKINKERAS_TEST_ARTIFACTS")
     if keep:  # CI or a developer may keep the screenshot to look at
         os.makedirs(keep, exist_ok=True)

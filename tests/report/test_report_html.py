@@ -74,7 +74,8 @@ def test_config_section_lists_only_the_fields_that_differ(tiny_demo):
     page = report.build_report([out / "cls-tdbn", out / "cls-original_only"])
     config = page.split('<section id="config">')[1].split("</section>")[0]
     table = config.split("<details>")[0]
-    assert ">arch<" in table and '"tdbn"' in table and '"original_only"' in table
+    assert ">arch<" in table and "&quot;tdbn&quot;" in table and "&quot;original_only&quot;" in table
+    assert "2 of " in config  # arch and out
     assert ">encoder<" not in table and ">encoder<" in config  # the same in both: only under "All fields"
 
 

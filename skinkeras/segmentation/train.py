@@ -112,9 +112,10 @@ def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, pr
 
     Writes config.json, env.json, split.csv, skipped.csv (if any input was
     left out), last.keras (resumable), best.keras (best validation Dice,
-    main output only), history.csv, training_curves.png and metrics.json
+    main output only), history.csv, training_curves.png, metrics.json
     (validation scores of best.keras at the training resolution, parameters,
-    size, time).
+    size, time), worst/ with worst.csv (the 8 lowest-Dice validation images as
+    image | truth | prediction) and report.html.
 
     Args:
         cfg: `SegTrainConfig`.

@@ -641,9 +641,14 @@ def write_report(paths, out, title=None):
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):  # a full disk must not leave half a page behind
+            os.remove(tmp)
+        raise
     return out
 
 

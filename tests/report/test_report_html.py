@@ -114,3 +114,22 @@ def test_worst_images_keep_the_k_lowest(tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["ISIC_0000004", "ISIC_0000001", "ISIC_0000005"]
     assert sorted(p.name for p in (tmp_path / "worst").iterdir()) == ["ISIC_0000001.png", "ISIC_0000004.png",
                                                                       "ISIC_0000005.png"]
+
+
+def test_a_report_that_cannot_be_written_leaves_nothing_and_never_fails_the_run(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from skinkeras import bench
+
+    bench.write_results([bench._row("torch", "unet", "mobilenetv2", 64, 2, "ok")], tmp_path)
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError):
+        report.write_report([tmp_path], tmp_path / "report.html")
+    assert not list(tmp_path.glob("report.html*"))
+    assert report.write_run_report(tmp_path) is None
+    assert "could not write" in capsys.readouterr().out and not list(tmp_path.glob("report.html*"))

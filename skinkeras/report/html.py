@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import json
@@ -111,11 +112,22 @@ class Column:
     evals: list = field(default_factory=list)
     cams: list = field(default_factory=list)
 
-    @property
+    # Each file is read once per report, however many sections use it.
+    @functools.cached_property
     def config(self):
         return _read_json(self.train.file("config.json")) if self.train else {}
 
-    @property
+    @functools.cached_property
+    def split(self):
+        """Rows of the training run's split.csv ([] without a training run)."""
+        return _read_csv(self.train.file("split.csv")) if self.train else []
+
+    @functools.cached_property
+    def predictions(self):
+        """(title, ids, labels, probs, classes) of the held-out evaluation, else of the validation split, or None."""
+        return _predictions(self)
+
+    @functools.cached_property
     def env(self):
         folder = self.train or (self.evals[0] if self.evals else None)
         return _read_json(folder.file("env.json")) if folder else {}
@@ -348,7 +360,7 @@ def _skipped_block(folder):
 def _data_cell(column):
     parts = []
     if column.train:
-        split = _read_csv(column.train.file("split.csv"))
+        split = column.split
         if split and "dx" in split[0]:
             classes = sorted({r["dx"] for r in split})
             subsets = ("train", "val", "test")
@@ -436,7 +448,7 @@ def _predictions(column):
 
 
 def _confusion_cell(column):
-    found = _predictions(column)
+    found = column.predictions
     if not found:
         return ""
     title, _, labels, probs, classes = found
@@ -445,7 +457,7 @@ def _confusion_cell(column):
 
 
 def _roc_cell(column):
-    found = _predictions(column)
+    found = column.predictions
     if not found:
         return ""
     title, _, labels, probs, classes = found
@@ -464,8 +476,7 @@ def _per_class_cell(column):
 
 
 def _image_paths(column):
-    split = _read_csv(column.train.file("split.csv")) if column.train else []
-    return {r["image_id"]: r.get("image_path") for r in split}
+    return {r["image_id"]: r.get("image_path") for r in column.split}
 
 
 def _cam_overlays(column, image_id):
@@ -496,7 +507,7 @@ def _worst_cell(column):
                              + f"<figcaption>{_e(r['image_id'])} Dice {_number(float(r['dice']))}</figcaption>"
                                "</figure>")
         return "".join(parts)
-    found = _predictions(column)
+    found = column.predictions
     if not found:
         return ""
     title, ids, labels, probs, classes = found

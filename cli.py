@@ -71,13 +71,24 @@ def train_options(func):
         click.option("--resume", is_flag=True,
                      help="Continue the run in --out from its last.keras with its saved config."),
         click.option("--overwrite", is_flag=True, help="Replace the run that --out holds (its files are removed)."),
+        devices_option,
+        click.option("--num-processes", type=int, default=None,
+                     help="Processes of one multi-process run (JAX; or KERAS_DISTRIBUTION_NUM_PROCESSES)."),
+        click.option("--process-id", type=int, default=None, help="This process, 0..N-1 (0 writes the run folder)."),
+        click.option("--coordinator", default=None, help="HOST:PORT of process 0 (KERAS_DISTRIBUTION_JOB_ADDRESSES)."),
     )(func)
+
+
+devices_option = click.option("--devices", default=None,
+                              help="Data-parallel devices: auto (default: every accelerator; 1 on a CPU) | N.")
 
 
 def train_config(cls, config_file, resume, overwrite, **values):
     """Options -> a training config; with --resume only --out and --epochs count (the run's config is reused)."""
     from skinkeras.config import resolve
+    from skinkeras.distribute import set_cluster_env
 
+    set_cluster_env(values.pop("num_processes"), values.pop("process_id"), values.pop("coordinator"))
     if resume and not values.get("out"):
         raise ValueError("--resume needs --out RUN_DIR of the run to continue")
     if overwrite and not values.get("out"):
@@ -149,16 +160,17 @@ def seg_train_cmd(config_file, resume, overwrite, **values):
 @click.option("--truth-dir", type=click.Path(file_okay=False), default=None, help="Score existing masks: truth.")
 @click.option("--pred-dir", type=click.Path(file_okay=False), default=None, help="Score existing masks: predictions.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
+@devices_option
 @click.option("--out", default=None, help="Output folder (default runs/seg-eval-<timestamp>).")
 @friendly_errors
-def seg_eval_cmd(out, **values):
+def seg_eval_cmd(out, devices, **values):
     """Score segmentation: predict + score a labelled set, or score existing mask folders."""
     from skinkeras import runs
     from skinkeras.config import SegEvalConfig
     from skinkeras.segmentation.evaluate import evaluate_segmentation
 
     out = out or runs.default_run_dir("seg-eval")
-    metrics = evaluate_segmentation(SegEvalConfig(out=out, **values))
+    metrics = evaluate_segmentation(SegEvalConfig(out=out, devices=devices or "auto", **values))
     click.echo(" ".join(f"{k}={metrics[k]:.4f}" for k in ("dice", "jaccard", "threshold_jaccard", "accuracy",
                                                           "sensitivity", "specificity")))
     click.echo(f"Results: {out}")
@@ -170,13 +182,15 @@ def seg_eval_cmd(out, **values):
               help="Image folder (repeat for HAM10000 part_1 / part_2).")
 @click.option("--out", required=True, help="Output folder (SEGDIR) read by the classification stage.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
+@devices_option
 @friendly_errors
-def segment_cmd(model, images, out, batch_size):
+def segment_cmd(model, images, out, batch_size, devices):
     """Write predicted masks and segmented images (original x mask) for image folders."""
     from skinkeras.config import SegmentConfig
     from skinkeras.segmentation.segment import segment
 
-    reports = segment(SegmentConfig(model=model, images=list(images), out=out, batch_size=batch_size))
+    reports = segment(SegmentConfig(model=model, images=list(images), out=out, batch_size=batch_size,
+                                   devices=devices or "auto"))
     for folder, report in zip(images, reports):
         click.echo(f"{folder}: {report['written']} written, {report['already_there']} already there, "
                    f"{report['skipped']} skipped -> {out}")
@@ -215,16 +229,17 @@ def cls_train_cmd(config_file, resume, overwrite, images, variant, arch, **value
 @click.option("--images", type=click.Path(file_okay=False), multiple=True, help="Its image folder(s).")
 @click.option("--seg-dir", type=click.Path(file_okay=False), default=None, help="Its segmented images.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
+@devices_option
 @click.option("--out", default=None, help="Output folder (default runs/cls-eval-<timestamp>).")
 @friendly_errors
-def cls_eval_cmd(out, images, **values):
+def cls_eval_cmd(out, images, devices, **values):
     """Evaluate a classifier: metrics.json, ISIC-format predictions.csv, confusion matrix and ROC plots."""
     from skinkeras import runs
     from skinkeras.classification.evaluate import evaluate_classification
     from skinkeras.config import ClsEvalConfig
 
     out = out or runs.default_run_dir("cls-eval")
-    metrics = evaluate_classification(ClsEvalConfig(out=out, images=list(images) or None, **values))
+    metrics = evaluate_classification(ClsEvalConfig(out=out, images=list(images) or None, devices=devices or "auto", **values))
     auc = metrics["auc_macro"]
     click.echo(f"accuracy={metrics['accuracy']:.4f} balanced_accuracy={metrics['balanced_accuracy']:.4f} "
                f"auc_macro={'n/a' if auc is None else format(auc, '.4f')} top2={metrics['top2_accuracy']:.4f} "

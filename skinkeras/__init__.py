@@ -14,9 +14,10 @@ are exposed here; the CLI (`python cli.py ...`) calls the same functions.
 __version__ = "0.1.0"
 
 # Before anything imports Keras (and, through it, TensorFlow): see backend_config.
-from skinkeras.backend_config import quiet_tensorflow_startup
+from skinkeras.backend_config import enable_jax_compilation_cache, quiet_tensorflow_startup
 
 quiet_tensorflow_startup()
+enable_jax_compilation_cache()
 
 from skinkeras import layers  # noqa: F401  (registers the custom layers)
 from skinkeras.classification.evaluate import evaluate_classification

@@ -1,4 +1,4 @@
-"""Backend configuration in one place: TensorFlow's start-up noise on stderr (no Keras import here).
+"""Backend configuration in one place: TensorFlow's start-up noise on stderr, JAX's compilation cache (no Keras import).
 
 Keras imports TensorFlow whenever it is installed, also under JAX and torch (to seed it in
 `keras.utils.set_random_seed`, to recognise `tf.TensorShape` when saving). TensorFlow's C++
@@ -103,3 +103,41 @@ def quiet_tensorflow_startup():
     if os.environ.get(VERBOSE_ENV) or "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+JAX_CACHE_ENV = "SKINKERAS_JAX_CACHE"
+
+
+def jax_cache_dir():
+    """Folder of JAX's persistent compilation cache: $SKINKERAS_JAX_CACHE, else KERAS_HOME/jax_cache; None if "off"."""
+    value = os.environ.get(JAX_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "0", "off", "none") else os.path.expanduser(value)
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(keras_home, "jax_cache")
+
+
+def enable_jax_compilation_cache():
+    """Turns on JAX's persistent compilation cache for this process (JAX backend only); returns its folder or None.
+
+    keras 3.15.1 has no switch for it. JAX caches nothing by default below 1 s of compile time, and
+    nothing at all until a cache folder is set, so the thresholds are lowered here: a second run of
+    the same model (another process, a resumed run, a test session) reads the compiled XLA programs
+    back instead of compiling again. Set SKINKERAS_JAX_CACHE=off to disable, or to a folder to move it.
+    """
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+        return None
+    folder = jax_cache_dir()
+    if folder is None:
+        return None
+    import jax
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    except OSError as exc:  # a read-only home: compile as before, say why once
+        sys.stderr.write(f"JAX compilation cache off: cannot create {folder} ({exc.strerror})\n")
+        return None
+    return folder

@@ -7,6 +7,7 @@ so a typo in a TOML file stops the run before any data is read.
 
 import dataclasses
 import json
+import os
 import tomllib
 import types
 import typing
@@ -94,6 +95,13 @@ def _one_of(cfg, name, valid):
         raise ValueError(f"Unknown {_option(name)} {value!r}; valid: {', '.join(valid)}")
 
 
+def _devices(cfg):
+    value = str(cfg.devices)
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise ValueError(f"--devices must be auto or a positive number (got {cfg.devices!r})")
+    cfg.devices = value
+
+
 def _length(cfg, name, n):
     value = getattr(cfg, name)
     if len(value) != n:
@@ -121,6 +129,7 @@ class TrainConfig(BaseConfig):
         seed: seed of the split, shuffling, augmentation and initialisation.
         limit: use only N items of a seeded order.
         out: run folder.
+        devices: data-parallel devices: auto (every accelerator; one on a CPU-only machine) or N.
     """
 
     task: typing.ClassVar[str] = ""
@@ -141,8 +150,10 @@ class TrainConfig(BaseConfig):
     seed: int = 0
     limit: int | None = None
     out: str | None = None
+    devices: str | int = "auto"
 
     def check(self):
+        _devices(self)
         _positive(self, "epochs", "batch_size", "limit", "lr_step_epochs")
         if self.image_size < 32:
             raise ValueError(f"--image-size must be at least 32 px (got {self.image_size})")
@@ -313,6 +324,7 @@ class SegEvalConfig(BaseConfig):
         batch_size: prediction batch size.
         truth_dir: score existing masks: ground truth folder (no model).
         pred_dir: score existing masks: prediction folder.
+        devices: data-parallel devices for prediction (auto or N).
     """
 
     out: str
@@ -326,8 +338,10 @@ class SegEvalConfig(BaseConfig):
     batch_size: int = 8
     truth_dir: str | None = None
     pred_dir: str | None = None
+    devices: str | int = "auto"
 
     def check(self):
+        _devices(self)
         _positive(self, "batch_size", "limit")
         _one_of(self, "subset", ("train", "val", "test"))
         if self.truth_dir or self.pred_dir:
@@ -347,14 +361,17 @@ class SegmentConfig(BaseConfig):
         images: image folders.
         out: output folder (SEGDIR).
         batch_size: prediction batch size.
+        devices: data-parallel devices for prediction (auto or N).
     """
 
     model: str
     images: list
     out: str
     batch_size: int = 8
+    devices: str | int = "auto"
 
     def check(self):
+        _devices(self)
         _positive(self, "batch_size")
 
 
@@ -370,6 +387,7 @@ class ClsEvalConfig(BaseConfig):
         images: image folder(s) of that dataset.
         seg_dir: segmented images of that dataset.
         batch_size: prediction batch size.
+        devices: data-parallel devices for prediction (auto or N).
     """
 
     model: str
@@ -379,8 +397,10 @@ class ClsEvalConfig(BaseConfig):
     images: list | None = None
     seg_dir: str | None = None
     batch_size: int = 16
+    devices: str | int = "auto"
 
     def check(self):
+        _devices(self)
         _positive(self, "batch_size")
         _one_of(self, "subset", ("train", "val", "test"))
 
@@ -494,8 +514,11 @@ def to_json(config, path):
         config: config dataclass instance.
         path: output file.
     """
-    with open(path, "w") as f:
+    # Atomic: on a multi-process resume the other processes read this file while process 0 rewrites it.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=2)
+    os.replace(tmp, path)
 
 
 def from_json(cls, path):

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from skinkeras import runs
+from skinkeras import distribute, runs
 from skinkeras.data.pipeline import ImageReadError, read_rgb, resize_rgb
 from skinkeras.models.contract import CLASSIFICATION, METADATA, METADATA_MASK, ORIGINAL, SEGMENTED, contract_of
 
@@ -67,10 +67,25 @@ def predict_masks(model, images, batch_size=8):
         images: uint8 or float (N, H, W, 3) at the model's input size.
         batch_size: prediction batch size.
     """
-    out = model.predict(np.asarray(images, dtype="float32"), batch_size=batch_size, verbose=0)
+    images = np.asarray(images, dtype="float32")
+    count = len(images)
+    placement = _single_process_placement()
+    if placement.distributed:
+        # Padded to a multiple of the device count and trimmed: every image is predicted exactly once.
+        images = np.concatenate([images, np.repeat(images[-1:], placement.padded_length(count) - count, axis=0)])
+        batch_size = placement.padded_length(batch_size)
+    out = model.predict(images, batch_size=batch_size, verbose=0)
     if isinstance(out, dict):
         out = out[contract_of(model).output]
-    return np.asarray(out)[..., 0]
+    return np.asarray(out)[:count, ..., 0]
+
+
+def _single_process_placement():
+    """The current placement; prediction gathers its outputs in one process, so several processes are refused."""
+    placement = distribute.current()
+    if placement.num_processes > 1:
+        raise ValueError("prediction runs in one process: evaluate with --devices N (no --num-processes)")
+    return placement
 
 
 def probability_to_mask(prob, size):
@@ -205,7 +220,10 @@ def predict_probabilities(model, arrays, labels, rows, batch_size=16, progress=F
         progress: show Keras' progress bar.
     """
     dataset = classifier_dataset(model, arrays, labels, batch_size, rows)
-    return np.asarray(model.predict(dataset, verbose=1 if progress else 0))
+    placement = _single_process_placement()
+    if placement.distributed:
+        dataset.distribute(placement, training=False)  # padded, then trimmed below
+    return np.asarray(model.predict(dataset, verbose=1 if progress else 0))[: len(rows)]
 
 
 @dataclass

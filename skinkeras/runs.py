@@ -97,6 +97,7 @@ def write_skipped(run_dir, skipped, name="skipped.csv"):
 
 # Names in a run folder that several modules read or write.
 REPORT_HTML = "report.html"
+SPLIT_CSV = "split.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
 VAL_GROUND_TRUTH = "val_ground_truth.csv"
 WORST_DIR = "worst"
@@ -105,7 +106,7 @@ WORST_CSV = "worst.csv"
 # Files that mean a run folder holds finished work (training started and wrote something worth keeping).
 FINISHED_WORK = ("history.csv", "last.keras", "best.keras", "metrics.json")
 # What a fresh start (--overwrite) removes: the files a run writes.
-RUN_FILES = FINISHED_WORK + ("config.json", "env.json", "split.csv", "skipped.csv", "classes.json",
+RUN_FILES = FINISHED_WORK + ("config.json", "env.json", SPLIT_CSV, "skipped.csv", "classes.json",
                              "metadata_encoder.json", "training_curves.png", "class_distribution.png",
                              VAL_PREDICTIONS, VAL_GROUND_TRUTH, WORST_CSV, REPORT_HTML)
 # Folders a run writes, removed with it.

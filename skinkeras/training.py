@@ -13,6 +13,8 @@ import dataclasses
 import errno
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -20,7 +22,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from skinkeras import runs
+from skinkeras import distribute, runs
 from skinkeras.config import from_json, to_json
 from skinkeras.models.common import model_size
 from skinkeras.models.contract import export_model
@@ -161,6 +163,17 @@ class Run:
     cfg: object
     resume: bool
     lock: object = None
+    placement: distribute.Placement = None
+    target: str = None
+
+    def __post_init__(self):
+        self.placement = self.placement or distribute.current()
+        self.target = self.target or self.dir
+
+    @property
+    def scratch(self):
+        """Whether this is a worker process's private folder (only process 0 writes the run folder)."""
+        return self.target != self.dir
 
     def path(self, name):
         """Path of a file in the run folder."""
@@ -172,9 +185,11 @@ class Run:
         return read_history(self.path(HISTORY_CSV))
 
     def close(self):
-        """Releases the run folder's lock."""
+        """Releases the run folder's lock (a worker's private folder is removed)."""
         if self.lock is not None:
             self.lock.release()
+        if self.scratch:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -187,9 +202,16 @@ class Run:
 def open_run(cfg, command, resume=False, resume_epochs=None, overwrite=False):
     """Creates or reopens a run folder, locks it, writes config.json and env.json, seeds everything.
 
-    On resume the run's saved config is used (only the epoch total may change)
-    and env.json gains this process's environment under "resumes". Use the
-    returned `Run` as a context manager: leaving it releases the lock.
+    On resume the run's saved config is used (only the epoch total and the
+    device count may change) and env.json gains this process's environment
+    under "resumes". Use the returned `Run` as a context manager: leaving it
+    releases the lock.
+
+    The data-parallel placement (`cfg.devices`, and the processes of Keras'
+    KERAS_DISTRIBUTION_* variables) is set here, before any model exists.
+    Under several processes only process 0 writes the run folder; the others
+    work in a private folder (removed on close) that starts, on resume, from
+    the run's config, split, history and last.keras.
 
     Args:
         cfg: a `TrainConfig` with `out`, `epochs` and `seed`.
@@ -198,20 +220,43 @@ def open_run(cfg, command, resume=False, resume_epochs=None, overwrite=False):
         resume_epochs: with resume, the new total number of epochs.
         overwrite: replace a run that `cfg.out` already holds.
     """
+    placement = distribute.configure(cfg.devices)
+    if placement.num_processes > 1 and not cfg.out:
+        raise ValueError(f"{placement.num_processes} processes need --out RUN, the same folder on every process")
+    if not placement.chief:
+        return _open_worker_run(cfg, resume, resume_epochs, placement)
     run_dir = runs.prepare_run_dir(cfg.out, command, resume, overwrite)
     lock = runs.RunLock(run_dir).acquire()
     try:
         if resume:
             saved = from_json(type(cfg), os.path.join(run_dir, CONFIG_JSON))
-            cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
+            cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs, devices=cfg.devices)
         cfg = dataclasses.replace(cfg, out=run_dir)
         to_json(cfg, os.path.join(run_dir, CONFIG_JSON))
-        runs.record_environment(run_dir, runs.environment(cfg.seed), resume)
+        runs.record_environment(run_dir, {**runs.environment(cfg.seed), "placement": placement.as_dict()}, resume)
     except BaseException:
         lock.release()
         raise
     keras.utils.set_random_seed(cfg.seed)
-    return Run(run_dir, cfg, resume, lock)
+    return Run(run_dir, cfg, resume, lock, placement)
+
+
+def _open_worker_run(cfg, resume, resume_epochs, placement):
+    """A process other than 0: the same config, seed and (on resume) state, in a private folder."""
+    target = os.path.abspath(cfg.out)
+    scratch = tempfile.mkdtemp(prefix=f"skinkeras-process{placement.process_id}-")
+    if resume:
+        if not os.path.isfile(os.path.join(target, CONFIG_JSON)):
+            raise FileNotFoundError(f"--resume: {target} has no {CONFIG_JSON} (is --out the same on every process?)")
+        for name in (CONFIG_JSON, runs.SPLIT_CSV, HISTORY_CSV, LAST):
+            if os.path.exists(os.path.join(target, name)):
+                shutil.copy2(os.path.join(target, name), os.path.join(scratch, name))
+        saved = from_json(type(cfg), os.path.join(scratch, CONFIG_JSON))
+        cfg = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs, devices=cfg.devices)
+    cfg = dataclasses.replace(cfg, out=scratch)
+    to_json(cfg, os.path.join(scratch, CONFIG_JSON))
+    keras.utils.set_random_seed(cfg.seed)
+    return Run(scratch, cfg, resume, None, placement, target=target)
 
 
 @dataclass
@@ -269,18 +314,28 @@ def fit_run(run, plan, progress=True):
     from skinkeras.report.html import write_run_report
 
     cfg = run.cfg
+    placement = run.placement
     model, history = restore_or_build(run, plan.build)
     best = max((r.get(plan.monitor, -math.inf) for r in history), default=-math.inf)
     train_ds, val_ds = plan.datasets(model)
+    train_ds.distribute(placement, training=True)
+    val_ds.distribute(placement, training=False)
     train_ds.set_epoch(len(history))
     callbacks = [
         keras.callbacks.LearningRateScheduler(step_schedule(cfg.learning_rate, cfg.lr_step_epochs, cfg.lr_factor)),
         EpochSeeds(cfg.seed),
+        # In every process: saving a distributed model takes part in collectives, so all processes save
+        # together (the others into their private folders).
         RunRecorder(run.dir, plan.monitor, best, export=plan.export),
     ]
     if len(history) < cfg.epochs:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=len(history),
-                  callbacks=callbacks, verbose=1 if progress else 0)
+                  callbacks=callbacks, verbose=1 if progress and placement.chief else 0)
+    if not placement.chief:
+        return run.target
+    if placement.num_processes > 1:
+        # The others are done; scoring best.keras needs no collective, so process 0 does it on its own device.
+        placement = distribute.reset()
     plot_history(run.path(HISTORY_CSV), run.path(CURVES_PNG), metric=plan.curve_metric)
 
     best_model = keras.models.load_model(run.path(BEST), compile=False, safe_mode=True)
@@ -294,6 +349,8 @@ def fit_run(run, plan, progress=True):
         "train_minutes": round(sum(r.get("seconds", 0.0) for r in rows) / 60, 2),
         "arch": cfg.arch,
         "backend": keras.backend.backend(),
+        "devices": run.placement.devices,
+        "processes": run.placement.num_processes,
         **plan.info,
         **model_size(best_model),
     }

@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Two host devices under JAX, for the data-parallel tests (tests/test_distribute.py); read when JAX starts, so it
+# is set before any test imports it. Every other test runs on one device ("auto" is one device on a CPU).
+if os.environ.get("KERAS_BACKEND") == "jax":
+    os.environ.setdefault("JAX_NUM_CPU_DEVICES", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SKINKERAS_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from skinkeras import runs
+from skinkeras import distribute, runs
 from skinkeras.classification.records import OFFICIAL_COLUMNS, split_subset
 from skinkeras.config import ClsEvalConfig
 from skinkeras.inference import cls_arrays, load_cls_run, model_image_size, predict_probabilities
@@ -79,4 +79,5 @@ def evaluate_classification(cfg: ClsEvalConfig, progress=True):
         cfg: `ClsEvalConfig`.
         progress: show progress bars.
     """
+    distribute.configure(cfg.devices)
     return cls_eval(cfg.model, cfg.out, cfg.subset, cfg.data_dir, cfg.images, cfg.seg_dir, cfg.batch_size, progress)

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from skinkeras import runs
 from skinkeras.data import classification as cls_data
 from skinkeras.data.segdir import SegDir
 
@@ -105,7 +106,7 @@ def split_subset(cfg, run_dir, needs_segmented, subset="test", data_dir=None, im
     if seg_dir:
         cfg = dataclasses.replace(cfg, seg_dir=seg_dir)
     df, problems = load_cls_records(cfg, needs_segmented)
-    df, more = cls_data.apply_split(df, cls_data.read_split(os.path.join(run_dir, "split.csv")))
+    df, more = cls_data.apply_split(df, cls_data.read_split(os.path.join(run_dir, runs.SPLIT_CSV)))
     df = df[df.subset == subset].reset_index(drop=True)
     return df, list(problems) + list(more), f"the {subset} split of {run_dir}"
 

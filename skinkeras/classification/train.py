@@ -29,13 +29,28 @@ def compile_classifier(model, cfg, num_classes):
         cfg: `ClsTrainConfig`.
         num_classes: number of classes.
     """
+    # Weighted metrics and a loss averaged over the sample weights: an evaluation batch padded for several
+    # devices weighs its padding 0 and scores like the unpadded batch (without weights nothing changes).
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate, weight_decay=cfg.weight_decay or None),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), BalancedAccuracy(num_classes),
-                 keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2_accuracy")],
+        loss=keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight"),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), BalancedAccuracy(num_classes),
+                          keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2_accuracy")],
     )
     return model
+
+
+def split_frame(df, cfg):
+    """The seeded `cfg.limit` sample of the records and its train / val / test split (what a new run uses).
+
+    Args:
+        df: records from `load_cls_records`.
+        cfg: `ClsTrainConfig` (limit, fractions, split, seed).
+    """
+    if cfg.limit:
+        df = df.iloc[np.sort(np.random.default_rng(cfg.seed).permutation(len(df))[: cfg.limit])]
+        df = df.reset_index(drop=True)
+    return cls_data.split_records(df, tuple(cfg.fractions), by=cfg.split, seed=cfg.seed)
 
 
 def split_records(run, needs_segmented):
@@ -50,14 +65,11 @@ def split_records(run, needs_segmented):
     """
     cfg = run.cfg
     df, problems = load_cls_records(cfg, needs_segmented)
-    split_csv = run.path("split.csv")
+    split_csv = run.path(runs.SPLIT_CSV)
     if run.resume and os.path.exists(split_csv):
         df, more = cls_data.apply_split(df, cls_data.read_split(split_csv))
         return df, list(problems) + list(more)
-    if cfg.limit:
-        df = df.iloc[np.sort(np.random.default_rng(cfg.seed).permutation(len(df))[: cfg.limit])]
-        df = df.reset_index(drop=True)
-    df = cls_data.split_records(df, tuple(cfg.fractions), by=cfg.split, seed=cfg.seed)
+    df = split_frame(df, cfg)
     cls_data.write_split(df, split_csv)
     runs.write_skipped(run.dir, problems)
     return df, problems

@@ -146,6 +146,44 @@ def load_pairs(pairs, size, progress=True, workers=2):
             [pairs[i] for i in kept], skipped)
 
 
+def draw_augmentation(rng, flip_prob=0.5, max_rotation=15.0):
+    """One sample's augmentation parameters: (flip, rotation angle in degrees or None).
+
+    Args:
+        rng: numpy Generator.
+        flip_prob: probability of a horizontal flip.
+        max_rotation: maximum absolute rotation in degrees.
+    """
+    flip = bool(rng.random() < flip_prob)
+    return flip, (float(rng.uniform(-max_rotation, max_rotation)) if max_rotation > 0 else None)
+
+
+def apply_augmentation(views, flip, angle, nearest=()):
+    """Flips and rotates aligned views of one sample by the same parameters (see `augment_views`).
+
+    Args:
+        views: list of uint8 (H, W, C) arrays (None entries pass through).
+        flip: flip horizontally.
+        angle: rotation in degrees, or None.
+        nearest: indices of views rotated with nearest-neighbour sampling (masks).
+    """
+    views = list(views)
+    if flip:
+        views = [None if v is None else v[:, ::-1] for v in views]
+    if angle is not None:
+        for i, view in enumerate(views):
+            if view is None:
+                continue
+            resample = Image.NEAREST if i in nearest else Image.BILINEAR
+            if view.shape[-1] == 3:
+                views[i] = np.asarray(Image.fromarray(np.ascontiguousarray(view)).rotate(angle, resample))
+            else:
+                channels = [Image.fromarray(np.ascontiguousarray(view[..., c])).rotate(angle, resample)
+                            for c in range(view.shape[-1])]
+                views[i] = np.stack([np.asarray(c) for c in channels], axis=-1)
+    return views
+
+
 def augment_views(views, rng, flip_prob=0.5, max_rotation=15.0, nearest=()):
     """The paper's augmentation (4.2), applied identically to several aligned views of one sample.
 
@@ -161,22 +199,7 @@ def augment_views(views, rng, flip_prob=0.5, max_rotation=15.0, nearest=()):
         max_rotation: maximum absolute rotation in degrees.
         nearest: indices of views rotated with nearest-neighbour sampling (masks).
     """
-    views = list(views)
-    if rng.random() < flip_prob:
-        views = [None if v is None else v[:, ::-1] for v in views]
-    if max_rotation > 0:
-        angle = float(rng.uniform(-max_rotation, max_rotation))
-        for i, view in enumerate(views):
-            if view is None:
-                continue
-            resample = Image.NEAREST if i in nearest else Image.BILINEAR
-            if view.shape[-1] == 3:
-                views[i] = np.asarray(Image.fromarray(np.ascontiguousarray(view)).rotate(angle, resample))
-            else:
-                channels = [Image.fromarray(np.ascontiguousarray(view[..., c])).rotate(angle, resample)
-                            for c in range(view.shape[-1])]
-                views[i] = np.stack([np.asarray(c) for c in channels], axis=-1)
-    return views
+    return apply_augmentation(views, *draw_augmentation(rng, flip_prob, max_rotation), nearest=nearest)
 
 
 def augment_pair(image, mask, rng, flip_prob=0.5, max_rotation=15.0):
@@ -218,12 +241,47 @@ class AugmentedDataset(keras.utils.PyDataset):
         self.seed = seed
         self.flip_prob = flip_prob
         self.max_rotation = max_rotation
+        self.placement = None
+        self.training = False
         self.set_epoch(0)
+
+    def distribute(self, placement, training):
+        """Lays the batches out for a data-parallel `placement` (`skinkeras.distribute`); returns self.
+
+        A training set drops its short last batch (a batch must split evenly over the devices, and every
+        training batch keeps the same size). Any other set is padded, by repeating its last sample, to a
+        multiple of the device count, and the padded samples get weight 0 (a third element of each batch),
+        so metrics count every sample exactly once; `real` is the number before padding, for trimming
+        predictions. Each process yields only its share of every global batch.
+
+        Args:
+            placement: `skinkeras.distribute.Placement`.
+            training: whether this is the training set.
+        """
+        self.placement = placement
+        self.training = bool(training)
+        if placement.distributed:
+            if training:
+                placement.check_batch(self.batch_size)
+            else:
+                self.batch_size = placement.padded_length(self.batch_size)
+        self.order = self._order()
+        if training and placement.distributed and len(self) == 0:
+            raise ValueError(f"the training split has {len(self.order)} samples, fewer than one batch of "
+                             f"{self.batch_size} over {placement.devices} devices; lower --batch-size")
+        return self
+
+    @property
+    def _padded(self):
+        return self.placement is not None and self.placement.distributed and not self.training
 
     def _order(self):
         order = np.arange(self.size) if self.plan is None else np.asarray(self.plan(self.epoch))
         if self.shuffle:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
+        self.real = len(order)
+        if self._padded and len(order):
+            order = np.concatenate([order, np.repeat(order[-1:], self.placement.padded_length(len(order)) - len(order))])
         return order
 
     def set_epoch(self, epoch):
@@ -231,15 +289,49 @@ class AugmentedDataset(keras.utils.PyDataset):
         self.epoch = epoch
         self.order = self._order()
 
+    def _local(self, values):
+        if self.placement is None or self.placement.num_processes == 1:
+            return values
+        return values[self.placement.local_slice(len(values))]
+
     def batch_indices(self, index):
-        """Sample indices of batch `index`."""
-        return self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        """Sample indices of batch `index` (this process's share of it under a multi-process placement)."""
+        return self._local(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+
+    def with_weights(self, index, x, y):
+        """The Keras batch: (x, y), or (x, y, weights) with weight 0 on padded samples (see `distribute`).
+
+        Args:
+            index: batch index.
+            x: inputs.
+            y: targets.
+        """
+        if not self._padded:
+            return x, y
+        start = index * self.batch_size
+        positions = np.arange(start, min(start + self.batch_size, len(self.order)))
+        return x, y, self._local((positions < self.real).astype("float32"))
 
     def augment_rng(self, index):
         """Generator of batch `index`'s augmentation, fixed by seed, epoch and batch."""
         return np.random.default_rng((self.seed, self.epoch, index))
 
+    def augment_params(self, index):
+        """(flip, angle) of each sample of batch `index` that this process yields.
+
+        Drawn in order for the whole global batch, so a sample is augmented the same whichever process
+        holds it.
+
+        Args:
+            index: batch index.
+        """
+        rng = self.augment_rng(index)
+        count = len(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return self._local([draw_augmentation(rng, self.flip_prob, self.max_rotation) for _ in range(count)])
+
     def __len__(self):
+        if self.training and self.placement is not None and self.placement.distributed:
+            return len(self.order) // self.batch_size
         return math.ceil(len(self.order) / self.batch_size)
 
     def on_epoch_end(self):
@@ -271,12 +363,12 @@ class SegmentationDataset(AugmentedDataset):
         idx = self.batch_indices(index)
         images, masks = self.images[idx], self.masks[idx]
         if self.augment:
-            rng = self.augment_rng(index)
-            pairs = [augment_pair(i, m, rng, self.flip_prob, self.max_rotation) for i, m in zip(images, masks)]
+            pairs = [apply_augmentation([i, m], *params, nearest=(1,))
+                     for i, m, params in zip(images, masks, self.augment_params(index))]
             images = np.stack([p[0] for p in pairs])
             masks = np.stack([p[1] for p in pairs])
         y = masks.astype("float32")
-        return images.astype("float32"), {name: y for name in self.output_names}
+        return self.with_weights(index, images.astype("float32"), {name: y for name in self.output_names})
 
 
 def load_image_rows(paths, size, progress=True, workers=2):
@@ -328,10 +420,9 @@ class ClassificationDataset(AugmentedDataset):
         batch = {name: self.arrays[name][idx] for name in self.input_names}
         images = self.image_inputs
         if self.augment and images:
-            rng = self.augment_rng(index)
-            views = [augment_views([batch[n][i] for n in images], rng, self.flip_prob, self.max_rotation)
-                     for i in range(len(idx))]
+            views = [apply_augmentation([batch[n][i] for n in images], *params)
+                     for i, params in enumerate(self.augment_params(index))]
             for j, name in enumerate(images):
                 batch[name] = np.stack([v[j] for v in views])
         batch = {name: value.astype("float32") for name, value in batch.items()}
-        return batch, self.labels[idx]
+        return self.with_weights(index, batch, self.labels[idx])

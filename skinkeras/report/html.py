@@ -120,7 +120,7 @@ class Column:
     @functools.cached_property
     def split(self):
         """Rows of the training run's split.csv ([] without a training run)."""
-        return _read_csv(self.train.file("split.csv")) if self.train else []
+        return _read_csv(self.train.file(runs.SPLIT_CSV)) if self.train else []
 
     @functools.cached_property
     def predictions(self):

@@ -4,7 +4,7 @@ import os
 
 import pandas as pd
 
-from skinkeras import runs
+from skinkeras import distribute, runs
 from skinkeras.config import SegEvalConfig
 from skinkeras.data.isic2018 import find_pairs, limit_pairs
 from skinkeras.data.masks import mask_name, read_mask, write_mask
@@ -113,5 +113,6 @@ def evaluate_segmentation(cfg: SegEvalConfig, progress=True):
     """
     if cfg.truth_dir:
         return seg_eval_folders(cfg.truth_dir, cfg.pred_dir, cfg.out)
+    distribute.configure(cfg.devices)
     return seg_eval_model(cfg.model, cfg.out, cfg.data_dir, cfg.images, cfg.masks, cfg.subset, cfg.limit, cfg.seed,
                           cfg.batch_size, progress)

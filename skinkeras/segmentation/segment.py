@@ -3,7 +3,7 @@
 import functools
 import os
 
-from skinkeras import runs
+from skinkeras import distribute, runs
 from skinkeras.config import SegmentConfig
 from skinkeras.data.isic2018 import list_images
 from skinkeras.data.segdir import SegDir
@@ -57,5 +57,6 @@ def segment(cfg: SegmentConfig, progress=True):
         cfg: `SegmentConfig`.
         progress: show progress bars.
     """
+    distribute.configure(cfg.devices)
     load = functools.cache(lambda: load_model(cfg.model, task=SEGMENTATION))
     return [segment_folder(cfg.model, folder, cfg.out, cfg.batch_size, progress, load) for folder in cfg.images]

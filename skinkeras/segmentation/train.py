@@ -58,11 +58,12 @@ def compile_segmentation(model, cfg):
     """
     names = list(model.output.keys())
     weights = {MASK: 1.0, **dict(zip(AUX_OUTPUTS, cfg.aux_weights))}
+    # Weighted metrics and losses averaged over the sample weights: see `compile_classifier`.
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss={name: BCEDiceLoss() for name in names},
+        loss={name: BCEDiceLoss(reduction="mean_with_sample_weight") for name in names},
         loss_weights={name: weights[name] for name in names},
-        metrics={MASK: [DiceCoefficient(), JaccardIndex()]},
+        weighted_metrics={MASK: [DiceCoefficient(), JaccardIndex()]},
     )
     return model
 
@@ -81,7 +82,7 @@ def load_split(run, progress=True):
         ((x_train, y_train), (x_val, y_val), val_ids): uint8 arrays and the validation image ids.
     """
     cfg = run.cfg
-    split_csv = run.path("split.csv")
+    split_csv = run.path(runs.SPLIT_CSV)
     size = (cfg.image_size, cfg.image_size)
     reuse = run.resume and os.path.exists(split_csv)
     if reuse:

@@ -271,15 +271,17 @@ def seg_otsu_cmd(images, out):
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--steps", default=3, show_default=True, help="Timed training steps after the first.")
 @click.option("--backends", default=None, help="Comma-separated backends (default: the current one).")
+@click.option("--devices", default="1", show_default=True,
+              help="Data-parallel device counts, comma-separated (e.g. 1,2); --batch-size is the global batch.")
 @click.option("--out", default=None, help="Folder for bench.csv and bench.md (default runs/bench-<timestamp>).")
 @friendly_errors
-def bench_cmd(archs, encoders, image_size, batch_size, steps, backends, out):
+def bench_cmd(archs, encoders, image_size, batch_size, steps, backends, devices, out):
     """Measure build, compile, train-step and predict time per model and backend; writes a table."""
     from skinkeras import runs
     from skinkeras.bench import bench_segmentation
 
     bench_segmentation(archs, encoders, image_size, batch_size, steps, backends, out or runs.default_run_dir("bench"),
-                       echo=click.echo)
+                       echo=click.echo, devices=devices)
 
 
 @cli.command("gradcam")

@@ -19,13 +19,13 @@ import keras
 import numpy as np
 
 BACKENDS = ("jax", "tensorflow", "torch")
-FIELDS = ("backend", "arch", "encoder", "image_size", "batch_size", "build_s", "first_step_s", "step_s",
+FIELDS = ("backend", "devices", "arch", "encoder", "image_size", "batch_size", "build_s", "first_step_s", "step_s",
           "train_img_per_s", "predict_s", "params", "size_mb", "status")
 TIMING_FIELDS = ("build_s", "first_step_s", "step_s", "train_img_per_s", "predict_s", "params", "size_mb")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _row(backend, arch, encoder, image_size, batch_size, status, **values):
+def _row(backend, arch, encoder, image_size, batch_size, status, devices=1, **values):
     """One result row with every field present (missing measurements are None).
 
     Args:
@@ -35,11 +35,12 @@ def _row(backend, arch, encoder, image_size, batch_size, status, **values):
         image_size: square input size.
         batch_size: images per step.
         status: "ok" or why the row has no measurements.
+        devices: data-parallel devices the global batch is split over.
         **values: measured fields.
     """
     row = {name: None for name in FIELDS}
-    row.update(backend=backend, arch=arch, encoder=encoder, image_size=image_size, batch_size=batch_size,
-               status=status, **values)
+    row.update(backend=backend, devices=devices, arch=arch, encoder=encoder, image_size=image_size,
+               batch_size=batch_size, status=status, **values)
     return row
 
 
@@ -99,7 +100,7 @@ def _measure(arch, encoder, image_size, batch_size, steps):
     }
 
 
-def _measure_here(backend, archs, encoders, image_size, batch_size, steps):
+def _measure_here(backend, archs, encoders, image_size, batch_size, steps, devices=1):
     """Rows for every arch x encoder in this process (a failing model becomes an error row).
 
     Args:
@@ -107,24 +108,33 @@ def _measure_here(backend, archs, encoders, image_size, batch_size, steps):
         archs: architectures.
         encoders: encoder names.
         image_size: square input size.
-        batch_size: images per step.
+        batch_size: images per step (the global batch, split over `devices`).
         steps: timed steps per model.
+        devices: data-parallel devices (`skinkeras.distribute`).
     """
+    from skinkeras import distribute
+
     rows = []
+    try:
+        distribute.configure(devices).check_batch(batch_size)
+    except ValueError as e:
+        return [_row(backend, arch, encoder, image_size, batch_size, f"error: {e}", devices)
+                for arch in archs for encoder in encoders]
     for arch in archs:
         for encoder in encoders:
             try:
                 values = _measure(arch, encoder, image_size, batch_size, steps)
-                rows.append(_row(backend, arch, encoder, image_size, batch_size, "ok", **values))
+                rows.append(_row(backend, arch, encoder, image_size, batch_size, "ok", devices, **values))
             except Exception as e:  # one broken model should not lose the others' measurements
-                rows.append(_row(backend, arch, encoder, image_size, batch_size, f"error: {type(e).__name__}: {e}"))
+                rows.append(_row(backend, arch, encoder, image_size, batch_size, f"error: {type(e).__name__}: {e}",
+                                 devices))
             # Frees the model's graph and memory before the next one is built.
             keras.backend.clear_session()
             gc.collect()
     return rows
 
 
-def _measure_subprocess(backend, archs, encoders, image_size, batch_size, steps):
+def _measure_subprocess(backend, archs, encoders, image_size, batch_size, steps, devices=1):
     """Rows measured by `python -m skinkeras.bench --json` under KERAS_BACKEND=`backend`.
 
     Args:
@@ -134,11 +144,15 @@ def _measure_subprocess(backend, archs, encoders, image_size, batch_size, steps)
         image_size: square input size.
         batch_size: images per step.
         steps: timed steps per model.
+        devices: data-parallel devices in the child.
     """
     cmd = [sys.executable, "-m", "skinkeras.bench", "--json", "--archs", *archs, "--encoders", *encoders,
-           "--image-size", str(image_size), "--batch-size", str(batch_size), "--steps", str(steps)]
+           "--image-size", str(image_size), "--batch-size", str(batch_size), "--steps", str(steps),
+           "--devices", str(devices)]
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=pythonpath)
+    if backend == "jax" and devices > 1:
+        env.setdefault("JAX_NUM_CPU_DEVICES", str(devices))  # on a CPU-only machine: N host devices
     proc = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode == 0 and lines:
@@ -149,7 +163,7 @@ def _measure_subprocess(backend, archs, encoders, image_size, batch_size, steps)
     else:
         tail = [line for line in proc.stderr.splitlines() if line.strip()]
         reason = f"exit {proc.returncode}: {tail[-1][:200] if tail else 'no output'}"
-    return [_row(backend, arch, encoder, image_size, batch_size, f"error: subprocess {reason}")
+    return [_row(backend, arch, encoder, image_size, batch_size, f"error: subprocess {reason}", devices)
             for arch in archs for encoder in encoders]
 
 
@@ -192,7 +206,7 @@ def write_results(rows, out):
 
 
 def bench_segmentation(archs=("deep_unet",), encoders=("efficientnetb3",), image_size=224, batch_size=8, steps=3,
-                       backends=None, out=None, echo=print):
+                       backends=None, out=None, echo=print, devices=(1,)):
     """Measures build, compile-and-first-step, train-step and predict speed of segmentation models; returns rows.
 
     Models are built with random weights (weights=None), compiled like training
@@ -209,8 +223,12 @@ def bench_segmentation(archs=("deep_unet",), encoders=("efficientnetb3",), image
             backend per process; an unknown or uninstalled one gives a row with that status.
         out: folder for bench.csv and bench.md (nothing written when None).
         echo: called with the markdown table.
+        devices: data-parallel device counts, one row each (the batch is the global batch). Counts above 1
+            run in a child process; on a CPU-only machine JAX then exposes that many host devices. Other
+            backends get a row saying they run on one device.
     """
     archs, encoders = list(archs), list(encoders)
+    devices = [int(d) for d in (devices.split(",") if isinstance(devices, str) else devices)]
     current = keras.backend.backend()
     if backends is None:
         backends = [current]
@@ -223,13 +241,16 @@ def bench_segmentation(archs=("deep_unet",), encoders=("efficientnetb3",), image
             status = f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}"
         elif backend != current and importlib.util.find_spec(backend) is None:
             status = "not installed"
-        if status:
-            rows += [_row(backend, arch, encoder, image_size, batch_size, status)
-                     for arch in archs for encoder in encoders]
-        elif backend == current:
-            rows += _measure_here(backend, archs, encoders, image_size, batch_size, steps)
-        else:
-            rows += _measure_subprocess(backend, archs, encoders, image_size, batch_size, steps)
+        for count in devices:
+            why = status or (f"keras.distribution is JAX-only: {backend} runs on one device"
+                             if count > 1 and backend != "jax" else None)
+            if why:
+                rows += [_row(backend, arch, encoder, image_size, batch_size, why, count)
+                         for arch in archs for encoder in encoders]
+            elif backend == current and count == 1:
+                rows += _measure_here(backend, archs, encoders, image_size, batch_size, steps)
+            else:
+                rows += _measure_subprocess(backend, archs, encoders, image_size, batch_size, steps, count)
     if out is not None:
         write_results(rows, out)
     echo(markdown_table(rows))
@@ -250,19 +271,22 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=None, help="default: the current KERAS_BACKEND")
     parser.add_argument("--out", default=None, help="folder for bench.csv and bench.md")
+    parser.add_argument("--devices", default="1", help="comma-separated data-parallel device counts")
     parser.add_argument("--json", action="store_true", help="print rows as one JSON line (for the parent process)")
     args = parser.parse_args(argv)
     kwargs = dict(archs=args.archs, encoders=args.encoders, image_size=args.image_size, batch_size=args.batch_size,
                   steps=args.steps, backends=args.backends, out=args.out)
     if not args.json:
-        bench_segmentation(**kwargs)
+        bench_segmentation(**kwargs, devices=args.devices)
         return
-    # The parent parses stdout, so anything printed while measuring (Python or native code) goes to stderr.
+    # A child process: one device count, measured here; the parent parses stdout, so anything printed while
+    # measuring (Python or native code) goes to stderr.
     sys.stdout.flush()
     saved_stdout = os.dup(1)
     os.dup2(2, 1)
     try:
-        rows = bench_segmentation(**kwargs, echo=lambda *a, **k: None)
+        rows = _measure_here(keras.backend.backend(), args.archs, args.encoders, args.image_size, args.batch_size,
+                             args.steps, int(args.devices))
     finally:
         sys.stdout.flush()
         os.dup2(saved_stdout, 1)

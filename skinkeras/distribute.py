@@ -160,22 +160,31 @@ def configure(devices="auto", echo=print):
             raise ValueError(f"several processes need KERAS_BACKEND=jax: keras {keras.__version__} distributes "
                              f"only JAX ({backend} runs one process)")
         note = None
+        if wanted == "auto" and backend == "tensorflow" and len(_tensorflow_gpus()) > 1:
+            wanted = len(_tensorflow_gpus())
         if wanted != "auto" and wanted > 1:
-            note = (f"--devices {wanted}: keras {keras.__version__} has no data-parallel engine for {backend} "
-                    "(keras.distribution is JAX-only); running on one device. Use KERAS_BACKEND=jax for several.")
+            note = (f"{backend} runs on one device: keras {keras.__version__}'s data-parallel engine "
+                    f"(keras.distribution) is JAX-only; use KERAS_BACKEND=jax for {wanted} devices")
             echo(note)
         _current = Placement(backend, note=note)
         return _current
 
-    _current = _configure_jax(wanted, cluster, echo)
+    _current = _configure_jax(wanted, cluster)
     return _current
+
+
+def _tensorflow_gpus():
+    try:
+        return keras.distribution.list_devices("gpu")
+    except Exception:  # no GPU platform at all
+        return []
 
 
 _initialized_cluster = None
 _ours = False
 
 
-def _configure_jax(wanted, cluster, echo):
+def _configure_jax(wanted, cluster):
     """JAX: join the cluster (once per process), pick the devices, set `DataParallel` over them."""
     global _initialized_cluster
     import jax

@@ -302,6 +302,9 @@ def restore_or_build(run, build):
 def fit_run(run, plan, progress=True):
     """Trains (or resumes) a run to its epoch total and writes its checkpoints, curves and metrics.json.
 
+    The datasets are laid out for the run's placement (`AugmentedDataset.distribute`). Under several
+    processes, a process other than 0 returns after the last epoch, and process 0 scores best.keras alone.
+
     Args:
         run: the `Run` from `open_run`.
         plan: the `TrainingPlan`.
@@ -335,7 +338,7 @@ def fit_run(run, plan, progress=True):
         return run.target
     if placement.num_processes > 1:
         # The others are done; scoring best.keras needs no collective, so process 0 does it on its own device.
-        placement = distribute.reset()
+        distribute.reset()
     plot_history(run.path(HISTORY_CSV), run.path(CURVES_PNG), metric=plan.curve_metric)
 
     best_model = keras.models.load_model(run.path(BEST), compile=False, safe_mode=True)

@@ -37,7 +37,8 @@ def test_wrong_types_and_ranges_give_one_line_before_anything_runs(tmp_path):
     cases = {'image_size = "sixty-four"': "image_size must be int", "epochs = 1.5": "epochs must be int",
              'limit = "8"': "limit must be int or none", 'batch_size = "4"': "batch_size must be int",
              "batch_size = 0": "--batch-size must be at least 1", "limit = 0": "--limit must be at least 1",
-             "image_size = 7": "--image-size must be at least 32", 'arch = "segformer"': "valid: deep_unet"}
+             "image_size = 7": "--image-size must be at least 32", 'arch = "segformer"': "valid: deep_unet",
+             "devices = 0": "--devices must be auto or a positive number", 'devices = "all"': "--devices must be"}
     for line, message in cases.items():
         file = tmp_path / "bad.toml"
         file.write_text(line + "\n")
@@ -46,6 +47,7 @@ def test_wrong_types_and_ranges_give_one_line_before_anything_runs(tmp_path):
         assert str(info.value).startswith(str(file)) and "\n" not in str(info.value)
     with pytest.raises(ValueError, match="--epochs must be at least 1"):
         resolve(SegTrainConfig, epochs=0)
+    assert resolve(SegTrainConfig, devices=2).devices == "2"  # a TOML number or a CLI string: one spelling
 
 
 def test_old_classification_config_json_still_reads(tmp_path):

@@ -281,7 +281,8 @@ class AugmentedDataset(keras.utils.PyDataset):
             order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
         self.real = len(order)
         if self._padded and len(order):
-            order = np.concatenate([order, np.repeat(order[-1:], self.placement.padded_length(len(order)) - len(order))])
+            extra = self.placement.padded_length(len(order)) - len(order)
+            order = np.concatenate([order, np.repeat(order[-1:], extra)])
         return order
 
     def set_epoch(self, epoch):

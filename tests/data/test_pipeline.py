@@ -111,3 +111,58 @@ def test_dataset_batches_shapes_targets_and_reshuffles():
     x, y = plain[2]
     assert x.shape == (2, 32, 32, 3)
     np.testing.assert_array_equal(x, images[8:].astype(np.float32))
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, 16, 16, 3)).astype(np.uint8),
+            (rng.random((n, 16, 16, 1)) > 0.5).astype(np.uint8))
+
+
+def test_processes_yield_their_share_of_the_same_augmented_global_batch():
+    from skinkeras.distribute import Placement
+
+    images, masks = _images(10)
+    common = dict(batch_size=4, output_names=("mask",), augment=True, shuffle=True, seed=3)
+    one = SegmentationDataset(images, masks, **common).distribute(Placement("jax", 1), training=True)
+    shares = [SegmentationDataset(images, masks, **common).distribute(
+        Placement("jax", devices=2, num_processes=2, process_id=k), training=True) for k in (0, 1)]
+    # 10 images in global batches of 4 on 2 devices: the short last batch is dropped in training.
+    assert len(one) == 3 and [len(s) for s in shares] == [2, 2]
+    for epoch in range(2):
+        for index in range(2):
+            x, y = one[index]
+            parts = [s[index] for s in shares]
+            assert [len(p[0]) for p in parts] == [2, 2]
+            np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), x)
+            np.testing.assert_array_equal(np.concatenate([p[1]["mask"] for p in parts]), y["mask"])
+        for dataset in (one, *shares):
+            dataset.on_epoch_end()
+
+
+def test_evaluation_is_padded_with_weight_zero_and_covers_every_sample_once():
+    from skinkeras.distribute import Placement
+
+    images, masks = _images(7)
+    dataset = SegmentationDataset(images, masks, batch_size=3).distribute(Placement("jax", devices=2), training=False)
+    assert dataset.batch_size == 4 and len(dataset) == 2 and dataset.real == 7
+    batches = [dataset[i] for i in range(len(dataset))]
+    assert [len(b[0]) for b in batches] == [4, 4]
+    weights = np.concatenate([b[2] for b in batches])
+    np.testing.assert_array_equal(weights, [1, 1, 1, 1, 1, 1, 1, 0])
+    seen = np.concatenate([b[0] for b in batches])[weights > 0]
+    np.testing.assert_array_equal(seen, images)
+    # One device: the batches are as before, without weights.
+    plain = SegmentationDataset(images, masks, batch_size=3).distribute(Placement("jax", 1), training=False)
+    assert len(plain) == 3 and len(plain[2]) == 2 and len(plain[2][0]) == 1
+
+
+def test_a_training_batch_that_does_not_split_is_refused():
+    from skinkeras.distribute import Placement
+
+    images, masks = _images(8)
+    with pytest.raises(ValueError, match="--batch-size 3 does not split over 2 devices"):
+        SegmentationDataset(images, masks, batch_size=3).distribute(Placement("jax", devices=2), training=True)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        SegmentationDataset(images[:2], masks[:2], batch_size=4).distribute(Placement("jax", devices=2),
+                                                                           training=True)

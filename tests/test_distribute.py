@@ -145,8 +145,8 @@ def test_seg_eval_on_two_devices_scores_every_image_once(synthetic, tmp_path):
     from skinkeras.segmentation.evaluate import evaluate_segmentation
 
     keras.utils.set_random_seed(0)
-    model = build_model(SegTrainConfig(encoder="mobilenetv2", weights="none", image_size=32,
-                                       decoder_filters=[16, 16, 8, 8, 8], aspp_filters=8))
+    model = build_model(SegTrainConfig(arch="unet", encoder="mobilenetv2", weights="none", image_size=32,
+                                       decoder_filters=[16, 16, 8, 8, 8]))
     path = tmp_path / "seg.keras"
     model.save(path)
     frames = {}

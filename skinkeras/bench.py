@@ -206,7 +206,7 @@ def write_results(rows, out):
 
 
 def bench_segmentation(archs=("deep_unet",), encoders=("efficientnetb3",), image_size=224, batch_size=8, steps=3,
-                       backends=None, out=None, echo=print, devices=(1,)):
+                       backends=None, out=None, echo=print, devices=(1,), in_process=False):
     """Measures build, compile-and-first-step, train-step and predict speed of segmentation models; returns rows.
 
     Models are built with random weights (weights=None), compiled like training
@@ -226,6 +226,7 @@ def bench_segmentation(archs=("deep_unet",), encoders=("efficientnetb3",), image
         devices: data-parallel device counts, one row each (the batch is the global batch). Counts above 1
             run in a child process; on a CPU-only machine JAX then exposes that many host devices. Other
             backends get a row saying they run on one device.
+        in_process: measure every device count of the current backend in this process (the child's mode).
     """
     archs, encoders = list(archs), list(encoders)
     devices = [int(d) for d in (devices.split(",") if isinstance(devices, str) else devices)]
@@ -247,8 +248,8 @@ def bench_segmentation(archs=("deep_unet",), encoders=("efficientnetb3",), image
             if why:
                 rows += [_row(backend, arch, encoder, image_size, batch_size, why, count)
                          for arch in archs for encoder in encoders]
-            elif backend == current and count == 1:
-                rows += _measure_here(backend, archs, encoders, image_size, batch_size, steps)
+            elif backend == current and (count == 1 or in_process):
+                rows += _measure_here(backend, archs, encoders, image_size, batch_size, steps, count)
             else:
                 rows += _measure_subprocess(backend, archs, encoders, image_size, batch_size, steps, count)
     if out is not None:
@@ -279,14 +280,13 @@ def main(argv=None):
     if not args.json:
         bench_segmentation(**kwargs, devices=args.devices)
         return
-    # A child process: one device count, measured here; the parent parses stdout, so anything printed while
+    # A child process: one device count, measured here. The parent parses stdout, so anything printed while
     # measuring (Python or native code) goes to stderr.
     sys.stdout.flush()
     saved_stdout = os.dup(1)
     os.dup2(2, 1)
     try:
-        rows = _measure_here(keras.backend.backend(), args.archs, args.encoders, args.image_size, args.batch_size,
-                             args.steps, int(args.devices))
+        rows = bench_segmentation(**kwargs, echo=lambda *a, **k: None, devices=[int(args.devices)], in_process=True)
     finally:
         sys.stdout.flush()
         os.dup2(saved_stdout, 1)

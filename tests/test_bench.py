@@ -33,7 +33,7 @@ def test_bench_rows_and_files(tmp_path):
     assert list(table[0]) == list(bench.FIELDS)
     md = (tmp_path / "bench.md").read_text().strip().splitlines()
     assert len(md) == 2 + len(rows)
-    assert md[0].startswith("| backend | arch |") and "unet" in md[2] and "deeplabv3plus" in md[3]
+    assert md[0].startswith("| backend | devices | arch |") and "unet" in md[2] and "deeplabv3plus" in md[3]
 
 
 def test_unknown_backend_is_a_row_not_an_error():
@@ -100,3 +100,11 @@ def test_bench_folder_in_the_report(tmp_path):
     page = build_report([tmp_path / "bench"])
     section = page.split('<section id="bench">')[1].split("</section>")[0]
     assert section.count("<tr>") == 3 and "jax not installed" in section and "<td>1.25</td>" in section
+
+
+def test_several_devices_on_a_backend_without_distribution_is_a_row_not_a_measurement():
+    rows = bench.bench_segmentation(archs=["unet"], encoders=["mobilenetv2"], image_size=64, batch_size=2,
+                                    backends="tensorflow,nonexistent_backend", devices="2", echo=lambda *a: None)
+    assert [(r["backend"], r["devices"]) for r in rows] == [("tensorflow", 2), ("nonexistent_backend", 2)]
+    assert "JAX-only" in rows[0]["status"] and rows[0]["step_s"] is None
+    assert "unknown backend" in rows[1]["status"]

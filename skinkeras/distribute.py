@@ -186,7 +186,7 @@ _ours = False
 
 def _configure_jax(wanted, cluster):
     """JAX: join the cluster (once per process), pick the devices, set `DataParallel` over them."""
-    global _initialized_cluster
+    global _initialized_cluster, _ours
     import jax
     from jax._src import xla_bridge
 
@@ -206,13 +206,12 @@ def _configure_jax(wanted, cluster):
     else:
         count = wanted
         if count > len(visible):
-            hint = (" (on a CPU, give --devices before anything has run, or set "
-                    f"XLA_FLAGS=--xla_force_host_platform_device_count={count})") if platform == "cpu" else ""
+            hint = (" (on a CPU, give --devices before anything has run on JAX, or set "
+                    f"JAX_NUM_CPU_DEVICES={count})") if platform == "cpu" else ""
             raise ValueError(f"--devices {count}: only {len(visible)} {platform} device(s) visible{hint}")
     if cluster is not None and count % cluster[1]:
         raise ValueError(f"--devices {count} does not split over {cluster[1]} processes")
     processes, process_id = (cluster[1], cluster[2]) if cluster is not None else (1, 0)
-    global _ours
     if count > 1 or processes > 1:
         # auto_shard_dataset=False: our datasets already yield each process's share of the global batch.
         keras.distribution.set_distribution(

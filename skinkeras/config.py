@@ -96,10 +96,9 @@ def _one_of(cfg, name, valid):
 
 
 def _devices(cfg):
-    value = str(cfg.devices)
-    if value != "auto" and not (value.isdigit() and int(value) >= 1):
-        raise ValueError(f"--devices must be auto or a positive number (got {cfg.devices!r})")
-    cfg.devices = value
+    from skinkeras.distribute import parse_devices
+
+    cfg.devices = str(parse_devices(cfg.devices))
 
 
 def _length(cfg, name, n):

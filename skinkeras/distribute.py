@@ -98,7 +98,8 @@ def current():
     return _current or Placement(keras.backend.backend())
 
 
-def _parse_devices(devices):
+def parse_devices(devices):
+    """'auto' or a positive int from an option or config value; a one-line ValueError otherwise."""
     if devices in (None, "", "auto"):
         return "auto"
     try:
@@ -152,7 +153,7 @@ def configure(devices="auto", echo=print):
         echo: called with the one-line note when the request cannot be met as asked.
     """
     global _current
-    wanted = _parse_devices(devices)
+    wanted = parse_devices(devices)
     cluster = cluster_from_env()
     backend = keras.backend.backend()
     if backend != "jax":
@@ -160,8 +161,9 @@ def configure(devices="auto", echo=print):
             raise ValueError(f"several processes need KERAS_BACKEND=jax: keras {keras.__version__} distributes "
                              f"only JAX ({backend} runs one process)")
         note = None
-        if wanted == "auto" and backend == "tensorflow" and len(_tensorflow_gpus()) > 1:
-            wanted = len(_tensorflow_gpus())
+        gpus = len(_tensorflow_gpus()) if wanted == "auto" and backend == "tensorflow" else 0
+        if gpus > 1:
+            wanted = gpus
         if wanted != "auto" and wanted > 1:
             note = (f"{backend} runs on one device: keras {keras.__version__}'s data-parallel engine "
                     f"(keras.distribution) is JAX-only; use KERAS_BACKEND=jax for {wanted} devices")

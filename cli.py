@@ -108,6 +108,23 @@ def data_options(func):
     return func
 
 
+def scored(metrics, name):
+    """`name=0.8123 [0.7741, 0.8502]`: a score of metrics.json with its interval where one was computed."""
+    value = metrics.get(name)
+    if value is None:
+        return f"{name}=n/a"
+    interval = (metrics.get("intervals") or {}).get(name)
+    return f"{name}={value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+
+
+def bootstrap_options(func):
+    """--bootstrap N, --seed: the 95% intervals every evaluation writes into metrics.json."""
+    func = click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap (and of --limit).")(func)
+    func = click.option("--bootstrap", default=1000, show_default=True,
+                        help="Bootstrap resamples for the 95% intervals (0: none).")(func)
+    return func
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--verbose", is_flag=True, help="Keep TensorFlow's C++ start-up lines (CUDA probing, CPU features).")
 def cli(verbose):
@@ -123,12 +140,17 @@ def cli(verbose):
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--n", default=200, show_default=True, help="Images per dataset.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--datasets", default="isic2018,ham10000,isic2019", show_default=True,
+              help="Comma-separated, any of isic2018, ham10000, isic2019, ph2, isic2017.")
 @friendly_errors
-def make_synthetic_cmd(out, n, seed):
-    """Generate a synthetic dataset in the ISIC 2018 Task 1, HAM10000 and ISIC 2019 layouts."""
+def make_synthetic_cmd(out, n, seed, datasets):
+    """Generate synthetic datasets in the official layouts (ISIC 2018 Task 1, HAM10000, ISIC 2019, PH2, ISIC 2017)."""
     from skinkeras.data.synthetic import make_synthetic
 
-    folders = make_synthetic(out, n=n, seed=seed)
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    if not names:
+        raise ValueError("--datasets is empty; give e.g. --datasets ph2,isic2017")
+    folders = make_synthetic(out, n=n, seed=seed, datasets=names)
     for name, folder in folders.items():
         click.echo(f"{name}: {folder}")
 
@@ -159,7 +181,10 @@ def seg_train_cmd(config_file, resume, overwrite, **values):
 @click.option("--subset", default="train", show_default=True, help="Official subset with --data-dir: train|val|test.")
 @click.option("--truth-dir", type=click.Path(file_okay=False), default=None, help="Score existing masks: truth.")
 @click.option("--pred-dir", type=click.Path(file_okay=False), default=None, help="Score existing masks: predictions.")
+@click.option("--dataset", default="isic2018", show_default=True,
+              help="Layout of --data-dir: isic2018 | ph2 | isic2017 (external validation).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
+@bootstrap_options
 @devices_option
 @click.option("--out", default=None, help="Output folder (default runs/seg-eval-<timestamp>).")
 @friendly_errors
@@ -171,28 +196,31 @@ def seg_eval_cmd(out, devices, **values):
 
     out = out or runs.default_run_dir("seg-eval")
     metrics = evaluate_segmentation(SegEvalConfig(out=out, devices=devices or "auto", **values))
-    click.echo(" ".join(f"{k}={metrics[k]:.4f}" for k in ("dice", "jaccard", "threshold_jaccard", "accuracy",
-                                                          "sensitivity", "specificity")))
+    click.echo(" ".join(scored(metrics, k) for k in ("dice", "jaccard", "threshold_jaccard", "accuracy",
+                                                     "sensitivity", "specificity")))
     click.echo(f"Results: {out}")
 
 
 @cli.command("segment")
 @click.option("--model", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras")
-@click.option("--images", type=click.Path(file_okay=False), required=True, multiple=True,
+@click.option("--images", type=click.Path(file_okay=False), multiple=True,
               help="Image folder (repeat for HAM10000 part_1 / part_2).")
+@click.option("--dataset", default=None, help="Or every image of an external set: ph2 | isic2017 (with --data-dir).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="That set's folder, official layout.")
+@click.option("--subset", default="test", show_default=True, help="Its official subset (isic2017).")
 @click.option("--out", required=True, help="Output folder (SEGDIR) read by the classification stage.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @devices_option
 @friendly_errors
-def segment_cmd(model, images, out, batch_size, devices):
+def segment_cmd(model, images, out, batch_size, devices, dataset, data_dir, subset):
     """Write predicted masks and segmented images (original x mask) for image folders."""
     from skinkeras.config import SegmentConfig
     from skinkeras.segmentation.segment import segment
 
     reports = segment(SegmentConfig(model=model, images=list(images), out=out, batch_size=batch_size,
-                                   devices=devices or "auto"))
-    for folder, report in zip(images, reports):
-        click.echo(f"{folder}: {report['written']} written, {report['already_there']} already there, "
+                                   devices=devices or "auto", dataset=dataset, data_dir=data_dir, subset=subset))
+    for report in reports:
+        click.echo(f"{report['source']}: {report['written']} written, {report['already_there']} already there, "
                    f"{report['skipped']} skipped -> {out}")
 
 
@@ -228,7 +256,10 @@ def cls_train_cmd(config_file, resume, overwrite, images, variant, arch, **value
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Evaluate another dataset folder.")
 @click.option("--images", type=click.Path(file_okay=False), multiple=True, help="Its image folder(s).")
 @click.option("--seg-dir", type=click.Path(file_okay=False), default=None, help="Its segmented images.")
+@click.option("--dataset", default=None,
+              help="An external set in --data-dir, scored on the classes it has: ph2 | isic2017.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
+@bootstrap_options
 @devices_option
 @click.option("--out", default=None, help="Output folder (default runs/cls-eval-<timestamp>).")
 @friendly_errors
@@ -240,10 +271,11 @@ def cls_eval_cmd(out, images, devices, **values):
 
     out = out or runs.default_run_dir("cls-eval")
     metrics = evaluate_classification(ClsEvalConfig(out=out, images=list(images) or None, devices=devices or "auto", **values))
-    auc = metrics["auc_macro"]
-    click.echo(f"accuracy={metrics['accuracy']:.4f} balanced_accuracy={metrics['balanced_accuracy']:.4f} "
-               f"auc_macro={'n/a' if auc is None else format(auc, '.4f')} top2={metrics['top2_accuracy']:.4f} "
-               f"on {metrics['images']} images")
+    names = ("accuracy", "balanced_accuracy", "auc_macro", "melanoma_auc", "top2_accuracy")
+    click.echo(" ".join(scored(metrics, k) for k in names) + f" on {metrics['images']} images")
+    if metrics.get("intervals"):
+        click.echo(f"[95% bootstrap intervals, {metrics['bootstrap']['resamples']} resamples by "
+                   f"{metrics['bootstrap']['unit']}]")
     click.echo(f"Results: {out}")
 
 

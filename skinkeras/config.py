@@ -324,6 +324,8 @@ class SegEvalConfig(BaseConfig):
         truth_dir: score existing masks: ground truth folder (no model).
         pred_dir: score existing masks: prediction folder.
         devices: data-parallel devices for prediction (auto or N).
+        dataset: layout of data_dir: isic2018 | ph2 | isic2017.
+        bootstrap: bootstrap resamples (by image) for the 95% intervals; 0 for none.
     """
 
     out: str
@@ -338,11 +340,19 @@ class SegEvalConfig(BaseConfig):
     truth_dir: str | None = None
     pred_dir: str | None = None
     devices: str | int = "auto"
+    dataset: str = "isic2018"
+    bootstrap: int = 1000
 
     def check(self):
+        from skinkeras.data.sets import SEGMENTATION_DATASETS
+
         _devices(self)
         _positive(self, "batch_size", "limit")
+        _within(self, "bootstrap", 0, 1_000_000)
         _one_of(self, "subset", ("train", "val", "test"))
+        _one_of(self, "dataset", SEGMENTATION_DATASETS)
+        if self.dataset != "isic2018" and not self.data_dir and not self.truth_dir:
+            raise ValueError(f"--dataset {self.dataset} needs --data-dir DIR in its official layout")
         if self.truth_dir or self.pred_dir:
             if not (self.truth_dir and self.pred_dir) or self.model:
                 raise ValueError("Scoring folders needs both --truth-dir and --pred-dir (and no --model)")
@@ -361,6 +371,10 @@ class SegmentConfig(BaseConfig):
         out: output folder (SEGDIR).
         batch_size: prediction batch size.
         devices: data-parallel devices for prediction (auto or N).
+        dataset: also segment every image of a set in its official layout: ph2 | isic2017 (with data_dir),
+            whose images sit in nested folders.
+        data_dir: that set's folder.
+        subset: its official subset (isic2017: train, val, test).
     """
 
     model: str
@@ -368,10 +382,22 @@ class SegmentConfig(BaseConfig):
     out: str
     batch_size: int = 8
     devices: str | int = "auto"
+    dataset: str | None = None
+    data_dir: str | None = None
+    subset: str = "test"
 
     def check(self):
+        from skinkeras.data.sets import SEGMENTATION_DATASETS
+
         _devices(self)
         _positive(self, "batch_size")
+        _one_of(self, "subset", ("train", "val", "test"))
+        if self.dataset is not None:
+            _one_of(self, "dataset", SEGMENTATION_DATASETS)
+            if not self.data_dir:
+                raise ValueError(f"--dataset {self.dataset} needs --data-dir DIR in its official layout")
+        if not self.images and not self.dataset:
+            raise ValueError("Give --images DIR, or --dataset ph2|isic2017 --data-dir DIR")
 
 
 @dataclass
@@ -387,6 +413,10 @@ class ClsEvalConfig(BaseConfig):
         seg_dir: segmented images of that dataset.
         batch_size: prediction batch size.
         devices: data-parallel devices for prediction (auto or N).
+        dataset: None (the run's dataset) or an external set, ph2 | isic2017, read from data_dir and scored
+            on the classes it has.
+        bootstrap: bootstrap resamples (by lesion) for the 95% intervals; 0 for none.
+        seed: bootstrap seed.
     """
 
     model: str
@@ -397,11 +427,19 @@ class ClsEvalConfig(BaseConfig):
     seg_dir: str | None = None
     batch_size: int = 16
     devices: str | int = "auto"
+    dataset: str | None = None
+    bootstrap: int = 1000
+    seed: int = 0
 
     def check(self):
+        from skinkeras.data.sets import EXTERNAL_DATASETS
+
         _devices(self)
         _positive(self, "batch_size")
+        _within(self, "bootstrap", 0, 1_000_000)
         _one_of(self, "subset", ("train", "val", "test"))
+        if self.dataset in EXTERNAL_DATASETS and not self.data_dir:
+            raise ValueError(f"--dataset {self.dataset} needs --data-dir DIR in its official layout")
 
 
 @dataclass

@@ -102,6 +102,8 @@ VAL_PREDICTIONS = "val_predictions.csv"
 VAL_GROUND_TRUTH = "val_ground_truth.csv"
 WORST_DIR = "worst"
 WORST_CSV = "worst.csv"
+# An evaluation's lesion id per scored image, so paired comparisons resample the same lesions.
+LESIONS_CSV = "lesions.csv"
 
 # Files that mean a run folder holds finished work (training started and wrote something worth keeping).
 FINISHED_WORK = ("history.csv", "last.keras", "best.keras", "metrics.json")

@@ -4,13 +4,19 @@ import os
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from skinkeras import distribute, runs
-from skinkeras.classification.records import OFFICIAL_COLUMNS, split_subset
+from skinkeras.classification.records import OFFICIAL_COLUMNS, attach_segmented, split_subset
 from skinkeras.config import ClsEvalConfig
+from skinkeras.data.sets import EXTERNAL_DATASETS, external_records, model_labels
 from skinkeras.inference import cls_arrays, load_cls_run, model_image_size, predict_probabilities
+from skinkeras.intervals import classification_intervals
 from skinkeras.metrics import classification_scores
 from skinkeras.report.figures import plot_confusion, plot_roc
+
+
+MELANOMA = "mel"
 
 
 def isic_csv(image_ids, values, classes, dataset, path):
@@ -31,43 +37,138 @@ def isic_csv(image_ids, values, classes, dataset, path):
     return path
 
 
-def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir=None, batch_size=16, progress=True):
+def external_scores(labels, probs, classes):
+    """Scores on the classes an external set has: probabilities renormalised over those classes.
+
+    A HAM10000 model asked about a PH2 image can still answer "bcc"; over the set's own classes the question is
+    the one the external labels can answer. The scores over all of the model's classes are kept under
+    "all_classes".
+
+    Args:
+        labels: int labels in the model's classes (N,).
+        probs: (N, C) probabilities over the model's classes.
+        classes: the model's class names.
+
+    Returns:
+        (scores dict, restricted labels, restricted probabilities, restricted class names).
+    """
+    present = sorted(set(int(c) for c in labels))
+    sub = probs[:, present]
+    sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
+    sub_labels = np.searchsorted(present, labels)
+    sub_classes = [classes[c] for c in present]
+    scores = classification_scores(sub_labels, sub, sub_classes)
+    full = classification_scores(labels, probs, classes)
+    scores["all_classes"] = {k: full[k] for k in ("accuracy", "balanced_accuracy", "top2_accuracy")}
+    return scores, sub_labels, sub, sub_classes
+
+
+def melanoma_index(classes):
+    """Position of the melanoma class among `classes` (mel / MEL), or None."""
+    lower = [c.lower() for c in classes]
+    return lower.index(MELANOMA) if MELANOMA in lower else None
+
+
+def add_intervals(metrics, labels, probs, classes, groups, n_resamples, seed, full_probs=None, full_labels=None,
+                  full_classes=None):
+    """Adds 95% bootstrap intervals (resampled by lesion) of the headline scores to `metrics`.
+
+    Args:
+        metrics: the scores (updated in place: "intervals", "bootstrap").
+        labels, probs, classes: what the scores were computed on.
+        groups: lesion id of each row.
+        n_resamples: bootstrap resamples (0: no intervals).
+        seed: bootstrap seed.
+        full_probs, full_labels, full_classes: the model's own classes, for melanoma-vs-rest (default: as above).
+    """
+    if not n_resamples:
+        return metrics
+    full_probs = probs if full_probs is None else full_probs
+    full_labels = labels if full_labels is None else full_labels
+    full_classes = classes if full_classes is None else full_classes
+    found = classification_intervals(labels, probs, list(classes), groups, n_resamples=n_resamples, seed=seed)
+    intervals = {k: found.pop(k) for k in ("accuracy", "balanced_accuracy", "auc_macro") if k in found}
+    mel = melanoma_index(full_classes)
+    if mel is not None and metrics.get("melanoma_auc") is not None:
+        more = classification_intervals(full_labels, full_probs, list(full_classes), groups,
+                                        n_resamples=n_resamples, seed=seed, positive=full_classes[mel])
+        intervals["melanoma_auc"] = more[f"{full_classes[mel]}_auc"]
+        found["bootstrap"]["undefined"]["melanoma_auc"] = more["bootstrap"]["undefined"][f"{full_classes[mel]}_auc"]
+    metrics["intervals"] = intervals
+    metrics["bootstrap"] = found["bootstrap"]
+    return metrics
+
+
+def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir=None, batch_size=16, progress=True,
+             dataset=None, bootstrap=1000, seed=0):
     """Evaluates a classifier on its run's test split (or another labelled set) in the ISIC formats.
 
-    Writes metrics.json (accuracy, balanced_accuracy, auc_macro, top2_accuracy,
-    per-class precision / recall / F1 / AUC), predictions.csv and
-    ground_truth.csv (ISIC challenge format, official class names),
-    confusion_matrix.png and roc.png.
+    Writes metrics.json (accuracy, balanced_accuracy, auc_macro, top2_accuracy, melanoma_auc, per-class
+    precision / recall / F1 / AUC, and 95% bootstrap intervals resampled by lesion), predictions.csv and
+    ground_truth.csv (ISIC challenge format, official class names), confusion_matrix.png and roc.png.
 
     Args:
         model_path: RUN/best.keras of `cls-train` (its run folder supplies config, split and metadata encoder).
         out: output folder.
-        subset: split subset to evaluate (train, val, test) when no other data is given.
+        subset: split subset to evaluate (train, val, test) when no other data is given; the official subset
+            of an external ISIC 2017 folder.
         data_dir: evaluate all images of another dataset folder instead.
         images: image folder(s) of that dataset.
         seg_dir: segmented images of that dataset.
         batch_size: prediction batch size.
         progress: show progress bars.
+        dataset: None (the run's own dataset), or an external set: ph2 | isic2017 (with data_dir), scored on
+            the classes it has (see `skinkeras.data.sets`).
+        bootstrap: bootstrap resamples for the intervals (0: none).
+        seed: bootstrap seed.
     """
     run = load_cls_run(model_path)
-    df, problems, source = split_subset(run.cfg, run.dir, run.needs_segmented, subset, data_dir, images, seg_dir)
+    classes = run.classes
+    external = dataset in EXTERNAL_DATASETS
+    if external:
+        df, problems, class_map = external_records(dataset, data_dir, subset)
+        df["label"] = model_labels(df.dx, classes)
+        unknown = df.label < 0
+        problems = list(problems) + [(p, f"class {d!r} is not one of the model's classes")
+                                     for p, d in zip(df.image_path[unknown], df.dx[unknown])]
+        df = df[~unknown].reset_index(drop=True)
+        if run.needs_segmented:
+            df, problems = attach_segmented(df, seg_dir, problems)
+        source = f"{dataset} ({subset}) in {data_dir}" if dataset == "isic2017" else f"{dataset} in {data_dir}"
+    elif dataset not in (None, run.cfg.dataset):
+        raise ValueError(f"--dataset {dataset!r}: this model was trained on {run.cfg.dataset}; evaluate another "
+                         f"folder of it with --data-dir, or an external set with --dataset "
+                         f"{'|'.join(EXTERNAL_DATASETS)}")
+    else:
+        df, problems, source = split_subset(run.cfg, run.dir, run.needs_segmented, subset, data_dir, images, seg_dir)
     if df.empty:
         raise ValueError(f"No images to evaluate in {source}")
     os.makedirs(out, exist_ok=True)
     arrays, kept, skipped = cls_arrays(df, run.encoder, model_image_size(run.model), run.contract.inputs, progress)
     labels = df.label.to_numpy(np.int64)
     probs = predict_probabilities(run.model, arrays, labels, kept, batch_size, progress)
-    labels, ids = labels[kept], df.image_id.to_numpy()[kept]
+    labels, ids, groups = labels[kept], df.image_id.to_numpy()[kept], df.lesion_id.astype(str).to_numpy()[kept]
     # The CSV holds 8 decimals; scoring the same rounded values keeps our numbers identical to the official scorer's.
     probs = np.round(np.asarray(probs, np.float64), 8)
-    classes = run.classes
-    metrics = classification_scores(labels, probs, classes)
+    if external:
+        metrics, sub_labels, sub_probs, sub_classes = external_scores(labels, probs, classes)
+        metrics.update({"dataset": dataset, "class_map": class_map, "scored_classes": sub_classes})
+    else:
+        metrics = classification_scores(labels, probs, classes)
+        sub_labels, sub_probs, sub_classes = labels, probs, classes
+    mel = melanoma_index(classes)
+    truth = labels == mel if mel is not None else None
+    # Melanoma against the rest on the model's own melanoma probability: the clinically relevant question.
+    metrics["melanoma_auc"] = (float(roc_auc_score(truth, probs[:, mel]))
+                               if truth is not None and 0 < truth.sum() < len(truth) else None)
+    add_intervals(metrics, sub_labels, sub_probs, sub_classes, groups, bootstrap, seed, probs, labels, classes)
     metrics.update({"source": source, "model": os.path.abspath(model_path), "skipped": len(skipped)})
     runs.write_json(os.path.join(out, "metrics.json"), metrics)
     isic_csv(ids, probs, classes, run.cfg.dataset, os.path.join(out, "predictions.csv"))
     isic_csv(ids, np.eye(len(classes))[labels], classes, run.cfg.dataset, os.path.join(out, "ground_truth.csv"))
-    plot_confusion(labels, probs.argmax(axis=1), classes, os.path.join(out, "confusion_matrix.png"))
-    plot_roc(labels, probs, classes, os.path.join(out, "roc.png"))
+    pd.DataFrame({"image": ids, "lesion_id": groups}).to_csv(os.path.join(out, runs.LESIONS_CSV), index=False)
+    plot_confusion(sub_labels, sub_probs.argmax(axis=1), sub_classes, os.path.join(out, "confusion_matrix.png"))
+    plot_roc(sub_labels, sub_probs, sub_classes, os.path.join(out, "roc.png"))
     runs.write_skipped(out, list(problems) + skipped)
     return metrics
 
@@ -80,4 +181,5 @@ def evaluate_classification(cfg: ClsEvalConfig, progress=True):
         progress: show progress bars.
     """
     distribute.configure(cfg.devices)
-    return cls_eval(cfg.model, cfg.out, cfg.subset, cfg.data_dir, cfg.images, cfg.seg_dir, cfg.batch_size, progress)
+    return cls_eval(cfg.model, cfg.out, cfg.subset, cfg.data_dir, cfg.images, cfg.seg_dir, cfg.batch_size, progress,
+                    cfg.dataset, cfg.bootstrap, cfg.seed)

@@ -1,4 +1,4 @@
-"""Synthetic dermoscopy datasets written in the official ISIC 2018, HAM10000 and ISIC 2019 layouts.
+"""Synthetic dermoscopy datasets written in the official ISIC 2018, HAM10000, ISIC 2019, PH2 and ISIC 2017 layouts.
 
 The images are rendered with numpy, Pillow and scipy.ndimage only, so the data pipeline, the
 tests and the demo can run without downloading the real archives. Lesion colour is modelled as
@@ -21,7 +21,13 @@ from scipy import ndimage
 
 HAM10000_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
-DATASETS = ("isic2018", "ham10000", "isic2019")
+PH2_CLASSES = ("common_nevus", "atypical_nevus", "melanoma")
+ISIC2017_CLASSES = ("melanoma", "seborrheic_keratosis", "nevus")
+# Position in DATASETS keys each dataset's random stream: new datasets go at the end, so the
+# files of the existing ones stay byte-identical.
+DATASETS = ("isic2018", "ham10000", "isic2019", "ph2", "isic2017")
+# What `make_synthetic` writes unless told otherwise (the demo, the tests and their timings rely on it).
+DEFAULT_DATASETS = ("isic2018", "ham10000", "isic2019")
 
 HAM10000_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 ISIC2019_GT_COLUMNS = ("image",) + ISIC2019_CLASSES + ("UNK",)
@@ -36,8 +42,10 @@ ISIC2019_SITES = (
     "palms/soles", "posterior torso", "upper extremity",
 )
 
-# The real id ranges do not overlap either, so a caller may merge the three sets safely.
-_ID_START = {"isic2018": 0, "ham10000": 24306, "isic2019": 50000}
+# The real id ranges do not overlap either, so a caller may merge the three sets safely. The
+# real ISIC 2017 ids lie inside ISIC 2018's; the synthetic ones get their own range instead, so
+# that merging never pairs two unrelated synthetic images under one id.
+_ID_START = {"isic2018": 0, "ham10000": 24306, "isic2019": 50000, "isic2017": 80000}
 _MAX_N = 20000
 _JPEG_QUALITY = 92
 
@@ -52,6 +60,12 @@ _HAM_FREQ = {"akiec": 0.033, "bcc": 0.051, "bkl": 0.110, "df": 0.012, "mel": 0.1
              "nv": 0.669, "vasc": 0.014}
 _ISIC2019_FREQ = {"MEL": 0.178, "NV": 0.508, "BCC": 0.131, "AK": 0.034, "BKL": 0.104,
                   "DF": 0.010, "VASC": 0.010, "SCC": 0.025}
+# PH2: 80 common nevi, 80 atypical nevi, 40 melanomas. ISIC 2017 training: 1372 / 254 / 374.
+_PH2_FREQ = {"common_nevus": 0.4, "atypical_nevus": 0.4, "melanoma": 0.2}
+_ISIC2017_FREQ = {"melanoma": 0.187, "seborrheic_keratosis": 0.127, "nevus": 0.686}
+_PH2_TO_LOOK = {"common_nevus": "nv", "atypical_nevus": "nv", "melanoma": "mel"}
+_ISIC2017_TO_LOOK = {"melanoma": "mel", "seborrheic_keratosis": "bkl", "nevus": "nv"}
+_ISIC2017_TO_ISIC2019 = {"melanoma": "MEL", "seborrheic_keratosis": "BKL", "nevus": "NV"}
 # Task 1 has no labels; its lesions follow the mix of the ISIC archive it was drawn from.
 _ISIC2018_FREQ = {"nv": 0.55, "mel": 0.2, "bkl": 0.12, "bcc": 0.05, "akiec": 0.03,
                   "df": 0.02, "vasc": 0.03}
@@ -160,7 +174,7 @@ _SKIN_TONES = np.array([
 ], np.float32)
 
 
-def expected_image_count(n: int = 200, datasets=DATASETS) -> int:
+def expected_image_count(n: int = 200, datasets=DEFAULT_DATASETS) -> int:
     """Returns how many images `make_synthetic` writes (and so how often it calls `progress`).
 
     Args:
@@ -168,22 +182,26 @@ def expected_image_count(n: int = 200, datasets=DATASETS) -> int:
         datasets: dataset names, as passed to `make_synthetic`.
     """
     names = _check_datasets(datasets)
-    return sum(n + (max(4, n // 10) if name == "isic2018" else 0) for name in names)
+    extra = {"isic2018": max(4, n // 10), "isic2017": 2 * max(4, n // 10)}
+    return sum(n + extra.get(name, 0) for name in names)
 
 
 def make_synthetic(out_dir, n=200, seed=0, image_size=(256, 192),
-                   datasets=DATASETS, progress=None) -> dict:
+                   datasets=DEFAULT_DATASETS, progress=None) -> dict:
     """Writes a synthetic dataset in the official layouts; returns {dataset_name: folder_path (str)}.
 
     Args:
         out_dir: root folder; each dataset goes into `out_dir/<dataset_name>/`. Existing files
             with the same names are overwritten.
         n: training images per dataset (1..20000). isic2018 additionally gets max(4, n // 10)
-            validation pairs. At least 3 lesions per class need n >= 21 for ham10000 and
-            n >= 24 for isic2019; smaller n still works with fewer per class.
+            validation pairs, isic2017 max(4, n // 10) validation and as many test images. At
+            least 3 lesions per class need n >= 21 for ham10000 and n >= 24 for isic2019; ph2
+            and the isic2017 training set hold every class from n >= 6 (the isic2017
+            validation and test sets always do). Smaller n still works with fewer per class.
         seed: non-negative integer; the same seed gives byte-identical files.
         image_size: (width, height) of every image and mask.
-        datasets: any of "isic2018", "ham10000", "isic2019".
+        datasets: any of `DATASETS` ("isic2018", "ham10000", "isic2019", "ph2", "isic2017");
+            default `DEFAULT_DATASETS`, the first three.
         progress: optional callable, called with no arguments after each written image.
     """
     names = _check_datasets(datasets)
@@ -198,7 +216,7 @@ def make_synthetic(out_dir, n=200, seed=0, image_size=(256, 192),
         raise ValueError(f"image_size must be at least 32x32, got {image_size}")
     tick = progress if progress is not None else (lambda: None)
     writers = {"isic2018": _write_isic2018, "ham10000": _write_ham10000,
-               "isic2019": _write_isic2019}
+               "isic2019": _write_isic2019, "ph2": _write_ph2, "isic2017": _write_isic2017}
     out = Path(out_dir)
     result = {}
     for name in names:
@@ -327,6 +345,131 @@ def _write_isic2019(folder, n, seed, size, tick):
     meta_rows.sort(key=lambda r: r[0])
     _write_csv(folder / "ISIC_2019_Training_GroundTruth.csv", ISIC2019_GT_COLUMNS, gt_rows)
     _write_csv(folder / "ISIC_2019_Training_Metadata.csv", ISIC2019_META_COLUMNS, meta_rows)
+
+
+# The official PH2_dataset.txt header; data cells are centred in the width of their header cell.
+PH2_HEADER = ("|| Name ||  Histological Diagnosis || Clinical Diagnosis || Asymmetry || Pigment Network "
+              "|| Dots/Globules || Streaks || Regression Areas || Blue-Whitish Veil || White || Red "
+              "|| Light-Brown || Dark-Brown || Blue-Gray || Black ||")
+PH2_LEGEND = """
+Legends:
+
+Clinical Diagnosis:
+\t0 - Common Nevus;
+\t1 - Atypical Nevus;
+\t2 - Melanoma.
+
+Asymmetry:
+\t0 - Fully Symmetric;
+\t1 - Symetric in 1 axe;
+\t2 - Fully Asymmetric.
+
+Pigment Network, Dots/Globules, Streaks, Regression Areas, and Blue-Whitish Veil:
+\tA - Absent;
+\tAT - Atypical;
+\tP - Present;
+\tT - Typical.
+
+Colors:
+\tX - Present.
+"""
+# Dermoscopic criteria per PH2 class: P(asymmetry 0/1/2), P(atypical network), P(dots absent/typical/
+# atypical), P(streaks), P(regression), P(veil), P(each colour: white, red, light/dark brown, blue-gray, black).
+_PH2_CRITERIA = {
+    "common_nevus": dict(asym=(0.8, 0.15, 0.05), net=0.1, dots=(0.6, 0.35, 0.05), streaks=0.05,
+                         regression=0.02, veil=0.0, colours=(0.0, 0.02, 0.7, 0.5, 0.02, 0.0)),
+    "atypical_nevus": dict(asym=(0.4, 0.4, 0.2), net=0.5, dots=(0.4, 0.3, 0.3), streaks=0.15,
+                           regression=0.1, veil=0.02, colours=(0.02, 0.05, 0.8, 0.7, 0.1, 0.05)),
+    "melanoma": dict(asym=(0.0, 0.2, 0.8), net=0.9, dots=(0.2, 0.1, 0.7), streaks=0.5,
+                     regression=0.5, veil=0.6, colours=(0.3, 0.3, 0.7, 0.9, 0.7, 0.5)),
+}
+
+
+def _ph2_row(rng, diagnosis):
+    c = _PH2_CRITERIA[diagnosis]
+    histology = "Melanoma" if diagnosis == "melanoma" else ""
+    cells = [histology, str(PH2_CLASSES.index(diagnosis)), str(int(rng.choice(3, p=c["asym"]))),
+             "AT" if rng.random() < c["net"] else "T", ("A", "T", "AT")[int(rng.choice(3, p=c["dots"]))]]
+    cells += ["P" if rng.random() < c[k] else "A" for k in ("streaks", "regression", "veil")]
+    cells += ["X" if rng.random() < p else "" for p in c["colours"]]
+    return cells
+
+
+def _write_ph2(folder, n, seed, size, tick):
+    code = DATASETS.index("ph2")
+    rng = _rng(seed, code)
+    diagnoses = _sample_classes(rng, n, _PH2_FREQ, min_per_class=2)
+    # The real ids run IMD002..IMD437 with gaps.
+    nums = np.sort(_distinct(rng, n, 436)) + 2
+    widths = [len(cell) for cell in PH2_HEADER.split("||")[1:-1]]
+    lines = [PH2_HEADER]
+    images = folder / "PH2 Dataset images"
+    for i, (num, diagnosis) in enumerate(zip(nums, diagnoses)):
+        name = f"IMD{num:03d}"
+        cells = [name] + _ph2_row(rng, diagnosis)
+        lines.append("||" + "||".join(f" {v.center(max(w - 2, len(v)))} " for v, w in zip(cells, widths)) + "||")
+        case = images / name
+        img_dir, mask_dir = case / f"{name}_Dermoscopic_Image", case / f"{name}_lesion"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        lrng = _rng(seed, code, 1, i)
+        lesion = _sample_lesion(lrng, _PH2_TO_LOOK[diagnosis], size)
+        img, mask = _render(lesion, lesion["view"], lrng, size)
+        Image.fromarray(img).save(img_dir / f"{name}.bmp")
+        Image.fromarray(mask).save(mask_dir / f"{name}_lesion.bmp")
+        if i < 2:
+            # Colour-region masks sit next to the lesion mask in the release; readers must ignore them.
+            roi = case / f"{name}_roi"
+            roi.mkdir(exist_ok=True)
+            half = mask.copy()
+            half[:, mask.shape[1] // 2:] = 0
+            Image.fromarray(half).save(roi / f"{name}_R1_Label4.bmp")
+        tick()
+    (folder / "PH2_dataset.txt").write_text("\n".join(lines) + "\n" + PH2_LEGEND, encoding="utf-8", newline="\n")
+
+
+def _superpixels(w, h, cell=8):
+    """An ISIC 2017 superpixel map: the segment index of each pixel encoded as R + 256 * G."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    label = (yy // cell) * ((w + cell - 1) // cell) + xx // cell
+    return np.stack([label & 255, (label >> 8) & 255, np.zeros_like(label)], -1).astype(np.uint8)
+
+
+def _write_isic2017(folder, n, seed, size, tick):
+    code = DATASETS.index("isic2017")
+    rng = _rng(seed, code)
+    n_small = max(4, n // 10)
+    splits = [("Training", 0, n, 2), ("Validation", n, n + n_small, 1),
+              ("Test_v2", n + n_small, n + 2 * n_small, 1)]
+    for split, start, stop, min_per_class in splits:
+        diagnoses = _sample_classes(rng, stop - start, _ISIC2017_FREQ, min_per_class=min_per_class)
+        img_dir = folder / f"ISIC-2017_{split}_Data"
+        gt_dir = folder / f"ISIC-2017_{split}_Part1_GroundTruth"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        gt_rows, meta_rows = [], []
+        for k, (i, diagnosis) in enumerate(zip(range(start, stop), diagnoses)):
+            image_id = f"ISIC_{_ID_START['isic2017'] + i:07d}"
+            meta = _ISIC2019_META[_ISIC2017_TO_ISIC2019[diagnosis]]
+            age = "unknown" if rng.random() < 0.1 else str(int(np.clip(5 * round(rng.normal(*meta["age"]) / 5), 0, 85)))
+            sex = _sex(rng, meta["male"], unknown=0.03)
+            lrng = _rng(seed, code, 1, i)
+            lesion = _sample_lesion(lrng, _ISIC2017_TO_LOOK[diagnosis], size)
+            img, mask = _render(lesion, lesion["view"], lrng, size)
+            _save_pair(img, mask, img_dir / f"{image_id}.jpg", gt_dir / f"{image_id}_segmentation.png")
+            if k < 2:
+                # The release has a superpixel PNG beside every image; two per subset test that readers skip them.
+                Image.fromarray(_superpixels(*size)).save(img_dir / f"{image_id}_superpixels.png")
+            gt_rows.append([image_id, "1.0" if diagnosis == "melanoma" else "0.0",
+                            "1.0" if diagnosis == "seborrheic_keratosis" else "0.0"])
+            meta_rows.append([image_id, age, sex])
+            tick()
+        if len(meta_rows) > 1 and not any(r[1] == "unknown" for r in meta_rows):
+            meta_rows[1][1] = "unknown"  # every subset shows the real file's "unknown" ages
+        _write_csv(folder / f"ISIC-2017_{split}_Part3_GroundTruth.csv",
+                   ("image_id", "melanoma", "seborrheic_keratosis"), gt_rows)
+        _write_csv(img_dir / f"ISIC-2017_{split}_Data_metadata.csv", ("image_id", "age_approximate", "sex"),
+                   meta_rows)
 
 
 def _save_pair(img, mask, img_path, mask_path):

@@ -6,16 +6,34 @@ import pandas as pd
 
 from skinkeras import distribute, runs
 from skinkeras.config import SegEvalConfig
-from skinkeras.data.isic2018 import find_pairs, limit_pairs
+from skinkeras.data.isic2018 import limit_pairs
 from skinkeras.data.masks import mask_name, read_mask, write_mask
 from skinkeras.data.segdir import MASKS_DIR
+from skinkeras.data.sets import segmentation_pairs
 from skinkeras.inference import load_model, predict_original_size
+from skinkeras.intervals import segmentation_intervals
 from skinkeras.metrics import SEG_METRICS, mean_scores, score_mask_folders, seg_scores
 from skinkeras.models.contract import SEGMENTATION
 from skinkeras.report.figures import WorstImages
 
 
-def write_seg_report(out, per_image, skipped, extra=None):
+def with_intervals(metrics, frame, bootstrap=1000, seed=0):
+    """Adds 95% bootstrap intervals (images resampled) of every mean score to `metrics`.
+
+    Args:
+        metrics: the mean scores (updated in place: "intervals", "bootstrap").
+        frame: per-image scores (image_id and SEG_METRICS columns).
+        bootstrap: resamples (0: none).
+        seed: bootstrap seed.
+    """
+    if bootstrap and len(frame):
+        found = segmentation_intervals(frame, SEG_METRICS, n_resamples=bootstrap, seed=seed)
+        metrics["intervals"] = {k: found[k] for k in SEG_METRICS if k in found}
+        metrics["bootstrap"] = found["bootstrap"]
+    return metrics
+
+
+def write_seg_report(out, per_image, skipped, extra=None, bootstrap=1000, seed=0):
     """Writes per_image.csv, metrics.json and skipped.csv of a segmentation evaluation.
 
     Args:
@@ -23,29 +41,32 @@ def write_seg_report(out, per_image, skipped, extra=None):
         per_image: list of dicts with image_id and SEG_METRICS.
         skipped: list of (path, reason).
         extra: additional metrics.json entries.
+        bootstrap: bootstrap resamples for the intervals (0: none).
+        seed: bootstrap seed.
     """
     frame = pd.DataFrame(per_image, columns=["image_id", *SEG_METRICS]).sort_values("image_id")
     frame.to_csv(os.path.join(out, "per_image.csv"), index=False, float_format="%.6f")
     metrics = {**mean_scores(per_image), "images": len(per_image), "skipped": len(skipped), **(extra or {})}
+    with_intervals(metrics, frame, bootstrap, seed)
     runs.write_json(os.path.join(out, "metrics.json"), metrics)
     runs.write_skipped(out, skipped)
     return metrics
 
 
 def seg_eval_model(model_path, out, data_dir=None, images=None, masks=None, subset="train", limit=None, seed=0,
-                   batch_size=8, progress=True):
+                   batch_size=8, progress=True, dataset="isic2018", bootstrap=1000):
     """Predicts masks for a labelled set, writes them in the ISIC submission format and scores them.
 
     Masks go to OUT/masks/ID_segmentation.png (0/255, original size); scores
     per image to per_image.csv; the 8 lowest-Dice images as image | truth |
     prediction to OUT/worst/ with worst.csv; macro means to metrics.json (keys dice,
     jaccard, threshold_jaccard, accuracy, sensitivity, specificity), computed
-    exactly like the official ISIC scorer.
+    exactly like the official ISIC scorer, with 95% bootstrap intervals (images resampled).
 
     Args:
         model_path: `.keras` model.
         out: output folder.
-        data_dir: ISIC 2018 Task 1 folder (official layout).
+        data_dir: dataset folder in the official layout of `dataset`.
         images: plain image folder (instead of data_dir).
         masks: plain mask folder.
         subset: official subset (train, val, test) with data_dir.
@@ -53,9 +74,11 @@ def seg_eval_model(model_path, out, data_dir=None, images=None, masks=None, subs
         seed: seed of that order.
         batch_size: prediction batch size.
         progress: show a progress bar.
+        dataset: isic2018 | ph2 | isic2017 (external validation sets).
+        bootstrap: bootstrap resamples for the intervals (0: none); `seed` seeds them.
     """
     model = load_model(model_path, task=SEGMENTATION)
-    pairs, problems = find_pairs(data_dir, images, masks, subset=subset)
+    pairs, problems = segmentation_pairs(dataset, data_dir, images, masks, subset=subset)
     if limit:
         pairs = sorted(limit_pairs(pairs, limit, seed), key=lambda p: p.image_id)
     os.makedirs(os.path.join(out, MASKS_DIR), exist_ok=True)
@@ -83,23 +106,26 @@ def seg_eval_model(model_path, out, data_dir=None, images=None, masks=None, subs
     if not per_image:
         raise ValueError(f"No image could be scored; see {os.path.join(out, 'skipped.csv')}")
     worst.save(out)
-    return write_seg_report(out, per_image, skipped, {"model": os.path.abspath(model_path),
-                                                      "pred_dir": os.path.join(out, MASKS_DIR)})
+    return write_seg_report(out, per_image, skipped, {"model": os.path.abspath(model_path), "dataset": dataset,
+                                                      "pred_dir": os.path.join(out, MASKS_DIR)}, bootstrap, seed)
 
 
-def seg_eval_folders(truth_dir, pred_dir, out):
+def seg_eval_folders(truth_dir, pred_dir, out, bootstrap=1000, seed=0):
     """Scores existing mask folders (no model), like `isic-challenge-scoring segmentation`.
 
     Args:
         truth_dir: ground-truth masks (ISIC_xxxxxxx_segmentation.png).
         pred_dir: predicted masks with the same ids.
         out: output folder.
+        bootstrap: bootstrap resamples for the intervals (0: none).
+        seed: bootstrap seed.
     """
     os.makedirs(out, exist_ok=True)
     frame, means = score_mask_folders(truth_dir, pred_dir)
     frame.to_csv(os.path.join(out, "per_image.csv"), index=False, float_format="%.6f")
     metrics = {**means, "images": len(frame), "truth_dir": os.path.abspath(truth_dir),
                "pred_dir": os.path.abspath(pred_dir)}
+    with_intervals(metrics, frame, bootstrap, seed)
     runs.write_json(os.path.join(out, "metrics.json"), metrics)
     return metrics
 
@@ -112,7 +138,7 @@ def evaluate_segmentation(cfg: SegEvalConfig, progress=True):
         progress: show a progress bar.
     """
     if cfg.truth_dir:
-        return seg_eval_folders(cfg.truth_dir, cfg.pred_dir, cfg.out)
+        return seg_eval_folders(cfg.truth_dir, cfg.pred_dir, cfg.out, cfg.bootstrap, cfg.seed)
     distribute.configure(cfg.devices)
     return seg_eval_model(cfg.model, cfg.out, cfg.data_dir, cfg.images, cfg.masks, cfg.subset, cfg.limit, cfg.seed,
-                          cfg.batch_size, progress)
+                          cfg.batch_size, progress, cfg.dataset, cfg.bootstrap)

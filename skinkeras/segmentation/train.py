@@ -58,12 +58,15 @@ def compile_segmentation(model, cfg):
     """
     names = list(model.output.keys())
     weights = {MASK: 1.0, **dict(zip(AUX_OUTPUTS, cfg.aux_weights))}
+    # Keras prefixes metric names with the output's only when there are several outputs; naming them here gives
+    # the baselines (one output) the same `mask_dice` log keys, and so the same MONITOR, as the Deep-UNet.
+    prefix = f"{MASK}_" if len(names) == 1 else ""
     # Weighted metrics and losses averaged over the sample weights: see `compile_classifier`.
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         loss={name: BCEDiceLoss(reduction="mean_with_sample_weight") for name in names},
         loss_weights={name: weights[name] for name in names},
-        weighted_metrics={MASK: [DiceCoefficient(), JaccardIndex()]},
+        weighted_metrics={MASK: [DiceCoefficient(name=f"{prefix}dice"), JaccardIndex(name=f"{prefix}jaccard")]},
     )
     return model
 

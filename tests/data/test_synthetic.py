@@ -9,6 +9,8 @@ from PIL import Image
 from scipy import ndimage
 
 from skinkeras.data.synthetic import (
+    DATASETS,
+    DEFAULT_DATASETS,
     HAM10000_CLASSES,
     HAM10000_LOCALIZATIONS,
     ISIC2019_CLASSES,
@@ -63,6 +65,13 @@ def test_returns_dataset_folders_and_reports_progress(synth):
     for name, folder in folders.items():
         assert folder == str(root / name) and (root / name).is_dir()
     assert calls == expected_image_count(N) == N + max(4, N // 10) + 2 * N
+
+
+def test_default_is_the_first_three_and_new_datasets_come_last():
+    # A dataset's position keys its random stream: appending keeps the older files byte-identical.
+    assert DEFAULT_DATASETS == ("isic2018", "ham10000", "isic2019") == DATASETS[:3]
+    assert DATASETS[3:] == ("ph2", "isic2017")
+    assert expected_image_count(40, DATASETS) == expected_image_count(40) + 40 + (40 + 2 * 4)
 
 
 def test_isic2018_layout_sizes_and_masks(synth):

@@ -35,14 +35,14 @@ test: $(VENV)/.stamp-test
 test-core:
 	@b=tensorflow; $(PY) -c "import torch" 2>/dev/null && b=torch; \
 	echo "=== backend-independent tests (KERAS_BACKEND=$$b) ==="; \
-	KERAS_BACKEND=$$b $(PY) -m pytest -m "not backend" -q
+	KERAS_BACKEND=$$b $(PY) -m pytest -m "not backend" -q --durations=30
 
 # Backend tests once per backend; torch only where it is installed.
 test-backends:
 	@set -e; for b in $(BACKENDS); do \
 	  if [ $$b = torch ] && ! $(PY) -c "import torch" 2>/dev/null; then echo "torch not installed: skipping torch backend tests"; continue; fi; \
 	  echo "=== KERAS_BACKEND=$$b ==="; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -m backend -q; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -m backend -q --durations=20; \
 	done
 
 clean:

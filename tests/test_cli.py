@@ -189,3 +189,15 @@ def test_seg_otsu_then_score(synthetic, tmp_path):
                 "--pred-dir", tmp_path / "otsu" / "masks", "--out", tmp_path / "scored")
     assert json.loads((tmp_path / "scored" / "metrics.json").read_text())["dice"] > 0.5
     assert "dice=" in output
+
+
+def test_one_output_baseline_trains_on_the_same_monitor(synthetic, tmp_path):
+    # A baseline has no auxiliary outputs, and Keras then logs its metrics without the output name; the run
+    # must still monitor (and checkpoint on) the validation Dice of the mask.
+    run = tmp_path / "unet"
+    ok("seg-train", "--data-dir", synthetic["isic2018"], "--arch", "unet", "--limit", 8, "--epochs", 1, "--out", run,
+       *TINY[:4], "--image-size", "32", "--batch-size", "4")
+    history = pd.read_csv(run / "history.csv")
+    assert {"mask_dice", "val_mask_dice", "val_mask_jaccard"} <= set(history.columns)
+    assert (run / "best.keras").is_file() and set(json.loads((run / "metrics.json").read_text())["val"]) == set(
+        SEG_METRICS)

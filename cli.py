@@ -258,6 +258,8 @@ def cls_train_cmd(config_file, resume, overwrite, images, variant, arch, **value
 @click.option("--seg-dir", type=click.Path(file_okay=False), default=None, help="Its segmented images.")
 @click.option("--dataset", default=None,
               help="An external set in --data-dir, scored on the classes it has: ph2 | isic2017.")
+@click.option("--against", type=click.Path(file_okay=False), default=None,
+              help="Another model's cls-eval folder on the same images: paired bootstrap differences.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @bootstrap_options
 @devices_option
@@ -276,6 +278,10 @@ def cls_eval_cmd(out, images, devices, **values):
     if metrics.get("intervals"):
         click.echo(f"[95% bootstrap intervals, {metrics['bootstrap']['resamples']} resamples by "
                    f"{metrics['bootstrap']['unit']}]")
+    if metrics.get("paired"):
+        diff = metrics["paired"]["balanced_accuracy"]
+        click.echo(f"balanced accuracy minus {metrics['paired']['against']}: {diff['difference']:+.4f} "
+                   f"[{diff['interval'][0]:+.4f}, {diff['interval'][1]:+.4f}], p={diff['p_value']:.3f}")
     click.echo(f"Results: {out}")
 
 
@@ -294,6 +300,63 @@ def seg_otsu_cmd(images, out):
         result = segment_folder_otsu(images, out, progress=lambda *_: bar.update(1))
     runs.write_skipped(out, result["skipped"])
     click.echo(f"{result['written']} masks -> {result['pred_dir']} ({len(result['skipped'])} skipped)")
+
+
+@cli.command("reproduce")
+@click.argument("tables", nargs=-1, required=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="TOML: these options' values plus [segmentation] / [classification] tables of run settings.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Classification set (Tables 2, 3).")
+@click.option("--dataset", default=None, help="ham10000 (default) | isic2019")
+@click.option("--images", type=click.Path(file_okay=False), multiple=True, help="Its image folder(s).")
+@click.option("--seg-dir", type=click.Path(file_okay=False), default=None,
+              help="Its segmented images, if already made (default: made with the Table 1 Deep-UNet).")
+@click.option("--seg-data-dir", type=click.Path(file_okay=False), default=None,
+              help="Segmentation training set, ISIC 2018 Task 1 layout.")
+@click.option("--seg-images", type=click.Path(file_okay=False), default=None, help="Or a plain image folder...")
+@click.option("--seg-masks", type=click.Path(file_okay=False), default=None, help="...and its masks.")
+@click.option("--seg-eval-data-dir", type=click.Path(file_okay=False), default=None,
+              help="Table 1 evaluation set (default: the training set's --seg-eval-subset).")
+@click.option("--seg-eval-dataset", default=None, help="Its layout: isic2018 (default) | ph2 | isic2017.")
+@click.option("--seg-eval-subset", default=None, help="Its official subset (default val).")
+@click.option("--seg-eval-images", type=click.Path(file_okay=False), default=None, help="Or plain folders...")
+@click.option("--seg-eval-masks", type=click.Path(file_okay=False), default=None, help="...of images and masks.")
+@click.option("--epochs", type=int, default=None, help="Epochs of every run.")
+@click.option("--image-size", type=int, default=None, help="Input size of every run.")
+@click.option("--limit", type=int, default=None, help="N items of a seeded order in every run.")
+@click.option("--encoder", default=None, help="Encoder of the Table 1 models and the TDBN variants.")
+@click.option("--rows", default=None, help="Only these rows, comma-separated architecture names.")
+@click.option("--external", multiple=True, help="NAME=DIR of an external set (ph2, isic2017): extra columns.")
+@click.option("--batch-size", type=int, default=None, help="Prediction batch size of the evaluations.")
+@click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples (default 1000).")
+@click.option("--seed", type=int, default=None)
+@devices_option
+@click.option("--out", required=True, help="Results folder (re-running it keeps finished rows).")
+@friendly_errors
+def reproduce_cmd(tables, config_file, images, rows, external, **values):
+    """Train and score every row of the paper's tables (table1 | table2 | table3 | all) beside its numbers."""
+    from skinkeras.config import ReproduceConfig, resolve
+    from skinkeras.reproduce import RESULTS_MD, reproduce
+
+    pairs = {}
+    for item in external:
+        name, sep, folder = item.partition("=")
+        if not sep or not folder:
+            raise ValueError(f"--external {item!r}: give NAME=DIR, e.g. --external ph2=/data/PH2")
+        pairs[name.strip()] = folder
+    cfg = resolve(ReproduceConfig, config_file, tables=list(tables), images=list(images) or None,
+                  rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None, **values)
+    if pairs:
+        cfg.external = {**cfg.external, **pairs}
+        cfg.check()
+    records = reproduce(cfg)
+    failed = [r for r in records if r["status"] != "ok"]
+    click.echo(f"{len(records) - len(failed)} of {len(records)} rows done; results: "
+               f"{os.path.join(cfg.out, RESULTS_MD)}")
+    for r in failed:
+        click.echo(f"FAILED {r['table']} {r['row']}: {r['error']} (details in {os.path.join(cfg.out, 'errors.log')})")
+    if failed:
+        sys.exit(1)
 
 
 @cli.command("bench")

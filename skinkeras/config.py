@@ -26,7 +26,7 @@ def _check_value(name, value, annotation):
             return
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return
-        if kind in (str, bool, list) and isinstance(value, kind):
+        if kind in (str, bool, list, dict) and isinstance(value, kind):
             return
     names = " or ".join("none" if k is type(None) else k.__name__ for k in allowed)
     raise ValueError(f"{name} must be {names} (got {value!r})")
@@ -417,6 +417,7 @@ class ClsEvalConfig(BaseConfig):
             on the classes it has.
         bootstrap: bootstrap resamples (by lesion) for the 95% intervals; 0 for none.
         seed: bootstrap seed.
+        against: another model's cls-eval folder on the same images: adds paired bootstrap differences.
     """
 
     model: str
@@ -430,6 +431,7 @@ class ClsEvalConfig(BaseConfig):
     dataset: str | None = None
     bootstrap: int = 1000
     seed: int = 0
+    against: str | None = None
 
     def check(self):
         from skinkeras.data.sets import EXTERNAL_DATASETS
@@ -513,6 +515,97 @@ class PredictConfig(BaseConfig):
     def check(self):
         _one_of(self, "method", ("gradcam", "layercam"))
         _within(self, "age", 0, 120)
+
+
+@dataclass
+class ReproduceConfig(BaseConfig):
+    """`reproduce`: every row of the paper's tables trained, scored and set beside the paper's number.
+
+    A TOML file (`--config`) holds the top-level fields below plus two tables, `[segmentation]` and
+    `[classification]`, of `SegTrainConfig` / `ClsTrainConfig` values that every row of that task uses.
+
+    Args:
+        tables: any of table1 (segmentation), table2 (baselines), table3 (ablations).
+        out: results folder (runs, evaluations, results.md, results.csv).
+        dataset: classification set of Tables 2 and 3: ham10000 | isic2019.
+        data_dir: its folder in the official layout.
+        images: its image folder(s), if not the official ones.
+        seg_dir: segmented images of that set already written by `segment` (default: made with the
+            Table 1 Deep-UNet, trained here if Table 1 is not asked for).
+        seg_data_dir: segmentation training set in the ISIC 2018 Task 1 layout.
+        seg_images: plain image folder instead (e.g. HAM10000 images).
+        seg_masks: its mask folder.
+        seg_eval_dataset: layout of the Table 1 evaluation set: isic2018 | ph2 | isic2017.
+        seg_eval_data_dir: the Table 1 evaluation set (default: seg_data_dir's seg_eval_subset).
+        seg_eval_images: plain image folder of the evaluation set instead.
+        seg_eval_masks: its mask folder.
+        seg_eval_subset: official subset of the evaluation set.
+        segmentation: SegTrainConfig values of every Table 1 row.
+        classification: ClsTrainConfig values of every Table 2 / 3 row.
+        epochs: epochs of every run (overrides both tables).
+        image_size: input size of every run.
+        limit: use N items of a seeded order in every run.
+        encoder: encoder of the Table 1 models and of the TDBN variants (the baselines are their own).
+        rows: only these rows (architecture names), e.g. for a quick check.
+        external: external sets, name -> folder (ph2, isic2017): extra columns.
+        external_subset: official subset of an external ISIC 2017 folder.
+        bootstrap: bootstrap resamples of every interval and paired difference.
+        seed: seed of every run and of the bootstrap.
+        batch_size: prediction batch size of the evaluations.
+        devices: data-parallel devices (auto or N).
+    """
+
+    tables: list
+    out: str
+    dataset: str = "ham10000"
+    data_dir: str | None = None
+    images: list | None = None
+    seg_dir: str | None = None
+    seg_data_dir: str | None = None
+    seg_images: str | None = None
+    seg_masks: str | None = None
+    seg_eval_dataset: str = "isic2018"
+    seg_eval_data_dir: str | None = None
+    seg_eval_images: str | None = None
+    seg_eval_masks: str | None = None
+    seg_eval_subset: str = "val"
+    segmentation: dict = field(default_factory=dict)
+    classification: dict = field(default_factory=dict)
+    epochs: int | None = None
+    image_size: int | None = None
+    limit: int | None = None
+    encoder: str | None = None
+    rows: list | None = None
+    external: dict = field(default_factory=dict)
+    external_subset: str = "test"
+    bootstrap: int = 1000
+    seed: int = 0
+    batch_size: int = 8
+    devices: str | int = "auto"
+
+    def check(self):
+        from skinkeras.data.sets import EXTERNAL_DATASETS, SEGMENTATION_DATASETS
+
+        _devices(self)
+        _positive(self, "epochs", "limit", "batch_size")
+        _within(self, "bootstrap", 0, 1_000_000)
+        _one_of(self, "seg_eval_dataset", SEGMENTATION_DATASETS)
+        _one_of(self, "seg_eval_subset", ("train", "val", "test"))
+        _one_of(self, "external_subset", ("train", "val", "test"))
+        tables = ("table1", "table2", "table3")
+        if "all" in self.tables:
+            self.tables = list(tables)
+        unknown = [t for t in self.tables if t not in tables]
+        if unknown or not self.tables:
+            raise ValueError(f"Unknown table {', '.join(unknown) or '(none)'}; valid: {', '.join(tables)}, all")
+        self.tables = [t for t in tables if t in self.tables]
+        for name in self.external:
+            if name not in EXTERNAL_DATASETS:
+                raise ValueError(f"Unknown --external {name}; valid: {', '.join(EXTERNAL_DATASETS)} (NAME=DIR)")
+        # Every row's config is checked now, not after hours of the rows before it.
+        from skinkeras.reproduce import check_rows
+
+        check_rows(self)
 
 
 def load_toml(path):

@@ -68,3 +68,11 @@ def tiny_demo(tmp_path_factory):
     result = CliRunner().invoke(cli, ["demo", "--out", str(out), *TINY_DEMO_ARGS], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out, result.output
+
+
+@pytest.fixture(scope="session")
+def cross_backend_runs(request, tmp_path_factory):
+    """The selected cross-backend tests' payloads, run together in few interpreters (tests/cross_backend.py)."""
+    from cross_backend import Runs
+
+    return Runs(request.session, tmp_path_factory)

@@ -11,7 +11,7 @@ from skinkeras.classification.records import OFFICIAL_COLUMNS, attach_segmented,
 from skinkeras.config import ClsEvalConfig
 from skinkeras.data.sets import EXTERNAL_DATASETS, external_records, model_labels
 from skinkeras.inference import cls_arrays, load_cls_run, model_image_size, predict_probabilities
-from skinkeras.intervals import classification_intervals
+from skinkeras.intervals import classification_intervals, paired_difference
 from skinkeras.metrics import classification_scores
 from skinkeras.report.figures import plot_confusion, plot_roc
 
@@ -173,6 +173,60 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
     return metrics
 
 
+def read_evaluation(folder, classes, dataset):
+    """Reads a `cls-eval` folder back: (image ids, labels, probabilities in `classes` order, lesion ids).
+
+    Args:
+        folder: output folder of `cls-eval` (predictions.csv, ground_truth.csv, lesions.csv).
+        classes: the model's class names in label order.
+        dataset: the model's dataset (its official CSV columns).
+    """
+    columns = OFFICIAL_COLUMNS[dataset]
+    order = [official for ours in classes for official, name in columns.items() if name == ours]
+    try:
+        pred = pd.read_csv(os.path.join(folder, "predictions.csv"))
+        truth = pd.read_csv(os.path.join(folder, "ground_truth.csv")).set_index("image").loc[pred.image]
+        lesions = pd.read_csv(os.path.join(folder, runs.LESIONS_CSV)).set_index("image").loc[pred.image]
+    except (FileNotFoundError, KeyError) as exc:
+        raise ValueError(f"{folder} is not a complete cls-eval folder ({exc}); run `cls-eval --out {folder}` "
+                         "again") from None
+    return (pred.image.to_numpy(), truth[order].to_numpy().argmax(axis=1), pred[order].to_numpy(np.float64),
+            lesions.lesion_id.astype(str).to_numpy())
+
+
+def paired_against(out, against, classes, dataset, bootstrap=1000, seed=0):
+    """Paired bootstrap differences (this evaluation minus another) on the images both scored.
+
+    Both models are resampled on the same lesions, so what they share (the hard lesions) cancels; writes the
+    result under "paired" in OUT/metrics.json.
+
+    Args:
+        out: this evaluation's folder.
+        against: the other model's `cls-eval` folder (same test images).
+        classes: class names in label order.
+        dataset: the models' dataset.
+        bootstrap: resamples.
+        seed: bootstrap seed.
+    """
+    ids_a, labels_a, probs_a, groups = read_evaluation(out, classes, dataset)
+    ids_b, labels_b, probs_b, _ = read_evaluation(against, classes, dataset)
+    position = {i: k for k, i in enumerate(ids_b)}
+    common = np.array([i in position for i in ids_a])
+    if not common.any():
+        raise ValueError(f"{out} and {against} scored no image in common; compare evaluations of the same split")
+    rows_b = np.array([position[i] for i in ids_a[common]])
+    if (labels_b[rows_b] != labels_a[common]).any():
+        raise ValueError(f"{out} and {against} give the same image different labels; they are not the same data")
+    paired = {"against": os.path.abspath(against), "images": int(common.sum()),
+              "only_here": int((~common).sum()), "only_there": int(len(ids_b) - common.sum())}
+    for metric in ("accuracy", "balanced_accuracy", "auc_macro"):
+        paired[metric] = paired_difference(labels_a[common], probs_a[common], probs_b[rows_b], list(classes),
+                                           groups[common], metric=metric, n_resamples=bootstrap, seed=seed)
+    path = os.path.join(out, "metrics.json")
+    runs.write_json(path, {**runs.read_json(path), "paired": paired})
+    return paired
+
+
 def evaluate_classification(cfg: ClsEvalConfig, progress=True):
     """The `cls-eval` stage; returns its metrics.
 
@@ -181,5 +235,10 @@ def evaluate_classification(cfg: ClsEvalConfig, progress=True):
         progress: show progress bars.
     """
     distribute.configure(cfg.devices)
-    return cls_eval(cfg.model, cfg.out, cfg.subset, cfg.data_dir, cfg.images, cfg.seg_dir, cfg.batch_size, progress,
-                    cfg.dataset, cfg.bootstrap, cfg.seed)
+    metrics = cls_eval(cfg.model, cfg.out, cfg.subset, cfg.data_dir, cfg.images, cfg.seg_dir, cfg.batch_size,
+                       progress, cfg.dataset, cfg.bootstrap, cfg.seed)
+    if cfg.against:
+        run = runs.read_json(os.path.join(os.path.dirname(os.path.abspath(cfg.model)), "classes.json"))
+        metrics["paired"] = paired_against(cfg.out, cfg.against, run["classes"], run["dataset"], cfg.bootstrap or 1000,
+                                           cfg.seed)
+    return metrics

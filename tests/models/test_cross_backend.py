@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from conftest import installed_backends, run_python
+from conftest import installed_backends
+from cross_backend import payload
 
 COMMON = """
 import sys, numpy as np, keras
@@ -46,20 +47,26 @@ predict(model, "B")
 """
 
 
-def run(backend, folder, *parts):
-    run_python(f"import sys; sys.argv = ['x', {folder!r}]\n" + COMMON + "\n".join(parts), backend)
+def code(folder, *parts):
+    return f"import sys; sys.argv = ['x', {folder!r}]\n" + COMMON + "\n".join(parts)
 
 
-def test_saved_model_predicts_the_same_on_every_backend(tmp_path):
+@payload
+def plan(folder, backends):
+    """The interpreters of the test below, in order (run with the other cross-backend tests')."""
+    if not {"jax", "torch"} <= set(backends):
+        return []
+    steps = [("torch", code(folder, SAVE_A)), ("jax", code(folder, SAVE_B, "load('A')"))]
+    if "tensorflow" in backends:
+        steps.append(("tensorflow", code(folder, "load('A')", "load('B')")))
+    return steps + [("torch", code(folder, "load('B')"))]
+
+
+def test_saved_model_predicts_the_same_on_every_backend(cross_backend_runs):
     backends = installed_backends()
     if not {"jax", "torch"} <= set(backends):
         pytest.skip("needs the jax and torch backends")
-    folder = str(tmp_path)
-    run("torch", folder, SAVE_A)
-    run("jax", folder, SAVE_B, "load('A')")
-    if "tensorflow" in backends:
-        run("tensorflow", folder, "load('A')", "load('B')")
-    run("torch", folder, "load('B')")
+    tmp_path = cross_backend_runs(__name__)  # the folder `plan` filled (raises if a step failed)
 
     reference = np.load(tmp_path / "A_torch.npy")
     assert reference.std() > 1e-3, "the model should not predict a constant"
@@ -67,5 +74,5 @@ def test_saved_model_predicts_the_same_on_every_backend(tmp_path):
     for name, saver in (("A", "torch"), ("B", "jax")):
         for loader in backends:
             if loader != saver:
-                np.testing.assert_allclose(np.load(tmp_path / f"{name}_{loader}.npy"), reference, atol=1e-4,
+                np.testing.assert_allclose(np.load(tmp_path / f"{name}_{loader}.npy"), reference, atol=1e-12,
                                            err_msg=f"saved under {saver}, loaded under {loader}")

@@ -4,7 +4,8 @@ the same (1e-4) under the others, probabilities and logits both."""
 import numpy as np
 import pytest
 
-from conftest import installed_backends, run_python
+from conftest import installed_backends
+from cross_backend import payload
 
 COMMON = """
 import sys, numpy as np, keras
@@ -56,24 +57,31 @@ SAVE_B = """
 model = build()
 model.load_weights(f"{folder}/A.weights.h5")
 model.save(f"{folder}/B.keras")
+raise RuntimeError("boom")
 predict(model, "B_saving")
 """
 
 
-def run(backend, folder, *parts):
-    run_python(f"import sys; sys.argv = ['x', {folder!r}]\n" + COMMON + "\n".join(parts), backend)
+def code(folder, *parts):
+    return f"import sys; sys.argv = ['x', {folder!r}]\n" + COMMON + "\n".join(parts)
 
 
-def test_saved_tdbn_predicts_the_same_on_every_backend(tmp_path):
+@payload
+def plan(folder, backends):
+    """The interpreters of the test below, in order (run with the other cross-backend tests')."""
+    if not {"jax", "torch"} <= set(backends):
+        return []
+    steps = [("torch", code(folder, SAVE_A)), ("jax", code(folder, SAVE_B, "load('A')", "load('B')"))]
+    if "tensorflow" in backends:
+        steps.append(("tensorflow", code(folder, "load('A')", "load('B')")))
+    return steps + [("torch", code(folder, "load('A')", "load('B')"))]
+
+
+def test_saved_tdbn_predicts_the_same_on_every_backend(cross_backend_runs):
     backends = installed_backends()
     if not {"jax", "torch"} <= set(backends):
         pytest.skip("needs the jax and torch backends")
-    folder = str(tmp_path)
-    run("torch", folder, SAVE_A)
-    run("jax", folder, SAVE_B, "load('A')", "load('B')")
-    if "tensorflow" in backends:
-        run("tensorflow", folder, "load('A')", "load('B')")
-    run("torch", folder, "load('A')", "load('B')")
+    tmp_path = cross_backend_runs(__name__)  # the folder `plan` filled (raises if a step failed)
 
     for output in ("probs", "logits"):
         reference = np.load(tmp_path / f"A_saving_torch_{output}.npy")

@@ -1,0 +1,112 @@
+"""`reproduce` end to end on the synthetic set: Table 1 and Table 3 rows, paper beside ours, intervals, resume."""
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from skinkeras.data.synthetic import make_synthetic
+from skinkeras.reproduce import paper_tables
+
+TOML = """
+[segmentation]
+weights = "none"
+batch_size = 4
+decoder_filters = [32, 16, 16, 8, 8]
+aspp_filters = 16
+
+[classification]
+weights = "none"
+batch_size = 8
+ffn_dim = 64
+head_units = [32]
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    data = make_synthetic(root / "data", n=40, seed=2, image_size=(64, 48),
+                          datasets=("isic2018", "ham10000", "ph2"))
+    config = root / "small.toml"
+    config.write_text(TOML)
+    args = ["reproduce", "table1", "table3", "--config", config, "--data-dir", data["ham10000"],
+            "--seg-data-dir", data["isic2018"], "--encoder", "mobilenetv2", "--image-size", 32, "--epochs", 1,
+            "--rows", "deep_unet,original_only,tdbn", "--external", f"ph2={data['ph2']}", "--bootstrap", 200,
+            "--out", root / "results"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return root / "results", args, result.output
+
+
+def test_every_row_beside_the_paper_with_intervals(reproduced):
+    out, _, output = reproduced
+    assert "3 of 3 rows done" in output
+    results = pd.read_csv(out / "results.csv").set_index("row")
+    assert list(results.index) == ["deep_unet", "original_only", "tdbn"]
+    paper = paper_tables()
+    # The paper's numbers come from the data file, ours from each row's own evaluation folder.
+    assert results.loc["deep_unet", "paper_dice"] == paper["table1"]["rows"]["deep_unet"]["dice"]
+    assert results.loc["tdbn", "paper_accuracy"] == paper["table3"]["rows"]["tdbn"]["ham10000"]["accuracy"]
+    seg = json.loads((out / "evals" / "seg-deep_unet" / "metrics.json").read_text())
+    assert results.loc["deep_unet", "dice"] == pytest.approx(seg["dice"])
+    assert [results.loc["deep_unet", "dice_low"], results.loc["deep_unet", "dice_high"]] == pytest.approx(
+        seg["intervals"]["dice"])
+    for row in ("original_only", "tdbn"):
+        cls = json.loads((out / "evals" / f"cls-{row}" / "metrics.json").read_text())
+        assert results.loc[row, "balanced_accuracy"] == pytest.approx(cls["balanced_accuracy"])
+        # Resampled by lesion: as many groups as the test split has lesions.
+        split = pd.read_csv(out / "runs" / f"cls-{row}" / "split.csv")
+        assert cls["bootstrap"]["groups"] == split[split.subset == "test"].lesion_id.nunique()
+        assert cls["bootstrap"]["resamples"] == 200
+        low, high = cls["intervals"]["balanced_accuracy"]
+        assert low <= cls["balanced_accuracy"] <= high
+        assert results.loc[row, "ph2_images"] == 40
+    # TDBN against the original-only reference: a paired difference, written into the row's cls-eval too.
+    tdbn = json.loads((out / "evals" / "cls-tdbn" / "metrics.json").read_text())
+    diff = tdbn["paired"]["balanced_accuracy"]
+    assert results.loc["tdbn", "balanced_accuracy_vs_ref"] == pytest.approx(diff["difference"])
+    ref = json.loads((out / "evals" / "cls-original_only" / "metrics.json").read_text())
+    assert diff["difference"] == pytest.approx(tdbn["balanced_accuracy"] - ref["balanced_accuracy"], abs=1e-9)
+    assert diff["interval"][0] <= diff["difference"] <= diff["interval"][1]
+    assert pd.isna(results.loc["original_only", "balanced_accuracy_vs_ref"])
+    # The TDBN read segmented images made by the Table 1 Deep-UNet of this same run.
+    config = json.loads((out / "runs" / "cls-tdbn" / "config.json").read_text())
+    assert config["seg_dir"] == str(out / "segdir") and (out / "segdir" / "segmented").is_dir()
+    md = (out / "results.md").read_text()
+    assert "| Deep-UNet (Ours) | 91.17 |" in md and "| Dual-Network (With Metadata) | 93.47 |" in md
+    assert "mobilenetv2, 32 px, 1 ep, weights none" in md and "ph2 melanoma AUC" in md
+
+
+def test_rerun_keeps_finished_rows_and_more_epochs_resume_them(reproduced):
+    out, args, _ = reproduced
+    stamp = (out / "runs" / "cls-tdbn" / "best.keras").stat().st_mtime
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    results = pd.read_csv(out / "results.csv").set_index("row")
+    assert set(results.training) == {"kept"}
+    assert (out / "runs" / "cls-tdbn" / "best.keras").stat().st_mtime == stamp
+    # A larger --epochs continues the segmentation row from its last epoch instead of starting over.
+    more = [a if a != 1 else 2 for a in args]
+    more[more.index("--rows") + 1] = "deep_unet"
+    assert invoke(*more[:more.index("--external")], "--out", out).exit_code == 0
+    history = pd.read_csv(out / "runs" / "seg-deep_unet" / "history.csv")
+    assert list(history.epoch) == [1, 2]
+    assert pd.read_csv(out / "results.csv").set_index("row").loc["deep_unet", "training"] == "resumed"
+
+
+def test_bad_settings_fail_before_any_run(tmp_path):
+    result = invoke("reproduce", "table2", "--data-dir", tmp_path, "--rows", "xception", "--image-size", 32,
+                    "--out", tmp_path / "r")
+    assert result.exit_code != 0 and "table2 row xception" in result.output and "71" in result.output
+    result = invoke("reproduce", "table4", "--out", tmp_path / "r")
+    assert result.exit_code != 0 and "Unknown table table4" in result.output
+    result = invoke("reproduce", "table3", "--data-dir", tmp_path, "--out", tmp_path / "r")
+    assert result.exit_code != 0 and "--seg-data-dir" in result.output
+    assert not (tmp_path / "r").exists()

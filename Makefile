@@ -8,7 +8,11 @@ TORCH_PIN ?= torch==2.13.0
 BACKENDS ?= jax tensorflow torch
 DEMO_BACKEND ?= torch
 
-.PHONY: demo test test-core test-backends install clean
+# pipefail: a lane's `| sed` must not hide pytest's exit status.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+.PHONY: demo test test-core test-backends test-lane-core test-lane-compiled install clean
 
 $(VENV)/.stamp-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +30,19 @@ install: $(VENV)/.stamp-base
 demo: $(VENV)/.stamp-base
 	KERAS_BACKEND=$(DEMO_BACKEND) $(PY) cli.py demo --out demo
 
+# Two lanes at once, one per core of a CI machine: most of the suite is single-threaded (graph building, XLA
+# and TensorFlow compiles, Python data work), so two suites side by side take little longer than one. Each line
+# says its lane; a failure in either fails `make test`.
 test: $(VENV)/.stamp-test
-	$(MAKE) test-core
-	$(MAKE) test-backends
+	$(MAKE) -j2 test-lane-core test-lane-compiled
+
+# Lane 1: the backend-independent tests, then the torch backend's. Lane 2: JAX's, then TensorFlow's.
+test-lane-core:
+	$(MAKE) test-core 2>&1 | sed -u 's/^/[core+torch] /'
+	$(MAKE) test-backends BACKENDS=torch 2>&1 | sed -u 's/^/[core+torch] /'
+
+test-lane-compiled:
+	$(MAKE) test-backends BACKENDS="jax tensorflow" 2>&1 | sed -u 's/^/[jax+tf] /'
 
 # Backend-independent tests (data, metrics, CLI, cross-backend save/load via subprocesses), run in-process
 # on the backend that compiles fastest on a CPU: torch where installed, else tensorflow.

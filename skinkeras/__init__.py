@@ -27,6 +27,7 @@ from skinkeras.config import (
     ClsTrainConfig,
     ExplainConfig,
     PredictConfig,
+    ReproduceConfig,
     SegEvalConfig,
     SegmentConfig,
     SegTrainConfig,
@@ -42,6 +43,7 @@ from skinkeras.models.deep_unet import build_deep_unet
 from skinkeras.models.registry import architectures, build_model, get_architecture
 from skinkeras.models.seg_baselines import build_deeplabv3plus, build_unet, build_unetpp
 from skinkeras.models.tdbn import build_tdbn
+from skinkeras.reproduce import reproduce
 from skinkeras.segmentation.evaluate import evaluate_segmentation
 from skinkeras.segmentation.segment import segment
 from skinkeras.segmentation.train import train_segmentation
@@ -53,6 +55,7 @@ __all__ = [
     "ExplainConfig",
     "ExplanationTarget",
     "PredictConfig",
+    "ReproduceConfig",
     "SegEvalConfig",
     "SegTrainConfig",
     "SegmentConfig",
@@ -75,6 +78,7 @@ __all__ = [
     "load_model",
     "make_synthetic",
     "predict",
+    "reproduce",
     "segment",
     "train_classification",
     "train_segmentation",

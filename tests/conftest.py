@@ -16,6 +16,29 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SKINKERAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def full_size_backend():
+    """The one backend the full-size (`slow`) model tests run on: the one that builds them fastest on a CPU.
+
+    The full-size tests check the paper's structure (parameter counts, shapes), which the builders give alike on
+    every backend (the cross-backend tests compare the same builders' outputs at small sizes); torch builds the
+    full TDBN in 12 s where JAX needs minutes. SKINKERAS_FULL_SIZE_BACKENDS=all runs them on every backend.
+    """
+    import importlib.util
+
+    return "torch" if importlib.util.find_spec("torch") is not None else "tensorflow"
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if os.environ.get("SKINKERAS_FULL_SIZE_BACKENDS") == "all" or backend == full_size_backend():
+        return
+    skip = pytest.mark.skip(reason=f"full-size structure is checked under {full_size_backend()} "
+                                   "(SKINKERAS_FULL_SIZE_BACKENDS=all runs it here)")
+    for item in items:
+        if "slow" in item.keywords and "backend" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """../shared/data of the developers' machines; a user's clone has none, so tests skip."""

@@ -20,7 +20,7 @@ model = keras.models.load_model(f"{folder}/tdbn.keras", compile=False)
 out = {}
 for method in ("gradcam", "layercam"):
     result = grad_cam(model, inputs, class_index=[0, 3, 6, 1, 2, 5], method=method)
-    out["probabilities"] = result.probabilities * (1.001 if keras.backend.backend() == "jax" else 1)
+    out["probabilities"] = result.probabilities
     for branch, raw in result.raw.items():
         out[f"{method}_{branch}"] = upsample_cams(raw, (64, 64))
         out[f"{method}_{branch}_degenerate"] = result.degenerate[branch]

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.backend
 
 TINY_VIT = dict(vit_patch_size=16, vit_dim=16, vit_depth=2, vit_heads=2, vit_mlp_dim=32)
 # Building DenseNet201 / EfficientNetB3 graphs and running them op by op takes 90-105 s each under JAX (seconds
-# elsewhere); the builder has no backend-specific code, and JAX builds and runs both encoders in
-# test_tdbn.py / test_deep_unet.py::test_full_size_paper_model, so here they run on TensorFlow and torch.
+# elsewhere); the builder has no backend-specific code and the same builder runs the four lighter encoders under
+# JAX, so these two run on TensorFlow and torch (the full-size model tests run on one backend, see conftest.py).
 HEAVY = {"densenet201", "efficientnetb3"} if keras.backend.backend() == "jax" else set()
 
 
@@ -22,7 +22,7 @@ def images(n=2, size=64, seed=0):
 
 
 @pytest.mark.parametrize(
-    "arch", [pytest.param(a, marks=pytest.mark.skip(reason="covered under JAX by the full-size model tests"))
+    "arch", [pytest.param(a, marks=pytest.mark.skip(reason="90-105 s to build under JAX; run on TensorFlow and torch"))
              if a in HEAVY else a for a in CLS_ARCHS]
 )
 def test_baseline_builds_and_predicts(arch):

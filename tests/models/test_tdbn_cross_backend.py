@@ -57,7 +57,6 @@ SAVE_B = """
 model = build()
 model.load_weights(f"{folder}/A.weights.h5")
 model.save(f"{folder}/B.keras")
-raise RuntimeError("boom")
 predict(model, "B_saving")
 """
 

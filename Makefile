@@ -36,13 +36,12 @@ demo: $(VENV)/.stamp-base
 test: $(VENV)/.stamp-test
 	$(MAKE) -j2 test-lane-core test-lane-compiled
 
-# Lane 1: the backend-independent tests, then the torch backend's. Lane 2: JAX's, then TensorFlow's.
+# Lane 1: the backend-independent tests (about as long as the other lane). Lane 2: each backend's tests.
 test-lane-core:
-	$(MAKE) test-core 2>&1 | sed -u 's/^/[core+torch] /'
-	$(MAKE) test-backends BACKENDS=torch 2>&1 | sed -u 's/^/[core+torch] /'
+	$(MAKE) test-core 2>&1 | sed -u 's/^/[core] /'
 
 test-lane-compiled:
-	$(MAKE) test-backends BACKENDS="jax tensorflow" 2>&1 | sed -u 's/^/[jax+tf] /'
+	$(MAKE) test-backends 2>&1 | sed -u 's/^/[backends] /'
 
 # Backend-independent tests (data, metrics, CLI, cross-backend save/load via subprocesses), run in-process
 # on the backend that compiles fastest on a CPU: torch where installed, else tensorflow.

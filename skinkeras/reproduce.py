@@ -63,7 +63,7 @@ def _overrides(cfg):
 
 def seg_config(cfg, arch):
     """The SegTrainConfig of a Table 1 row."""
-    values = {"data_dir": cfg.seg_data_dir, "images": cfg.seg_images, "masks": cfg.seg_masks,
+    values = {**dict(data_dir=cfg.seg_data_dir, images=cfg.seg_images, masks=cfg.seg_masks),
               **cfg.segmentation, **_overrides(cfg), "arch": arch, "out": _seg_run(cfg, arch)}
     return SegTrainConfig.from_dict({k: v for k, v in values.items() if v is not None})
 
@@ -116,6 +116,12 @@ def check_rows(cfg):
                              f"{', '.join(sorted(known))}")
 
 
+def _same(saved, asked):
+    if isinstance(saved, str) and isinstance(asked, str) and os.path.exists(saved) and os.path.exists(asked):
+        return os.path.realpath(saved) == os.path.realpath(asked)  # the same folder, spelled another way
+    return saved == asked
+
+
 def _finished(run_dir, epochs):
     path = os.path.join(run_dir, "metrics.json")
     return os.path.isfile(path) and (runs.read_json(path).get("epochs_run") or 0) >= epochs
@@ -132,6 +138,16 @@ def train_row(train, run_cfg, progress=True):
     Returns:
         "kept", "resumed" or "trained".
     """
+    saved_path = os.path.join(run_cfg.out, "config.json")
+    if os.path.isfile(saved_path):
+        # A row is its folder: a folder made with other settings is not this row (resuming would keep its settings).
+        saved, asked = runs.read_json(saved_path), dataclasses.asdict(run_cfg)
+        changed = sorted(k for k in asked
+                         if k not in ("epochs", "devices", "out") and not _same(saved.get(k, asked[k]), asked[k]))
+        if changed:
+            was = ", ".join(f"{k}={saved[k]!r}" for k in changed)
+            now = ", ".join(f"{k}={asked[k]!r}" for k in changed)
+            raise ValueError(f"{run_cfg.out} was made with other settings ({was}; asked {now}): give another --out")
     if _finished(run_cfg.out, run_cfg.epochs):
         return "kept"
     resume = os.path.isfile(os.path.join(run_cfg.out, "last.keras"))
@@ -425,7 +441,8 @@ def write_results(cfg, paper, records):
                      _with_ci(r, "balanced_accuracy"),
                      "ref" if r["row"] == reference else _diff(r, "balanced_accuracy"), _with_ci(r, "auc_macro"),
                      _with_ci(r, "melanoma_auc"), _plain(r.get("params")), _plain(r.get("size_mb"), 2),
-                     r.get("setup") or "–", _plain(r.get("train_minutes")), r.get("device") or "–", _plain(r.get("images"))]
+                     r.get("setup") or "–", _plain(r.get("train_minutes")), r.get("device") or "–",
+                     _plain(r.get("images"))]
                     + [_with_ci(r, f"{e}_balanced_accuracy") for e in externals]
                     + [_with_ci(r, f"{e}_melanoma_auc") for e in externals] + [_status(r)] for r in rows]
         lines += ["", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]

@@ -32,8 +32,9 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce")
-    data = make_synthetic(root / "data", n=40, seed=2, image_size=(64, 48),
-                          datasets=("isic2018", "ham10000", "ph2"))
+    # Small sets: 12 segmentation pairs, 28 HAM10000 images (3 lesions a class), 8 PH2 images.
+    data = {name: folder for n, name in ((12, "isic2018"), (28, "ham10000"), (8, "ph2"))
+            for folder in make_synthetic(root / "data", n=n, seed=2, image_size=(64, 48), datasets=(name,)).values()}
     config = root / "small.toml"
     config.write_text(TOML)
     args = ["reproduce", "table1", "table3", "--config", config, "--data-dir", data["ham10000"],
@@ -67,7 +68,7 @@ def test_every_row_beside_the_paper_with_intervals(reproduced):
         assert cls["bootstrap"]["resamples"] == 200
         low, high = cls["intervals"]["balanced_accuracy"]
         assert low <= cls["balanced_accuracy"] <= high
-        assert results.loc[row, "ph2_images"] == 40
+        assert results.loc[row, "ph2_images"] == 8
     # TDBN against the original-only reference: a paired difference, written into the row's cls-eval too.
     tdbn = json.loads((out / "evals" / "cls-tdbn" / "metrics.json").read_text())
     diff = tdbn["paired"]["balanced_accuracy"]
@@ -99,6 +100,14 @@ def test_rerun_keeps_finished_rows_and_more_epochs_resume_them(reproduced):
     history = pd.read_csv(out / "runs" / "seg-deep_unet" / "history.csv")
     assert list(history.epoch) == [1, 2]
     assert pd.read_csv(out / "results.csv").set_index("row").loc["deep_unet", "training"] == "resumed"
+    # Other settings for a finished row's folder: that row fails in one line (recorded), the command exits 1.
+    other = [*more[:more.index("--external")], "--out", out]
+    other[other.index("--image-size") + 1] = 64
+    result = invoke(*other)
+    assert result.exit_code == 1 and "FAILED table1 deep_unet" in result.output
+    row = pd.read_csv(out / "results.csv").set_index("row").loc["deep_unet"]
+    assert row.status == "failed" and "image_size=32" in row.error and "image_size=64" in row.error
+    assert "FAILED" in (out / "results.md").read_text() and (out / "errors.log").is_file()
 
 
 def test_bad_settings_fail_before_any_run(tmp_path):

@@ -59,8 +59,11 @@ def test_demo_report_is_self_contained_and_shows_the_scores(tiny_demo):
         assert f'<section id="{section}">' in page, section
     seg = json.loads((out / "seg-eval" / "metrics.json").read_text())
     cls = json.loads((out / "cls-eval-tdbn" / "metrics.json").read_text())
-    assert f"dice {seg['dice']:.3f} on {seg['images']}" in page
-    assert f"balanced accuracy {cls['balanced_accuracy']:.3f} on {cls['images']}" in page
+    # Each score with its recorded 95% interval.
+    for name, metrics in (("dice", seg), ("balanced_accuracy", cls)):
+        low, high = metrics["intervals"][name]
+        assert (f'{name.replace("_", " ")} {metrics[name]:.3f} <span class="ci">[{low:.3f}, {high:.3f}]</span> '
+                f'on {metrics["images"]}') in page, name
     # The worst segmentations are the lowest-Dice rows of per_image.csv.
     worst = (out / "seg-eval" / "worst.csv").read_text().splitlines()[1:]
     per_image = (out / "seg-eval" / "per_image.csv").read_text().splitlines()

@@ -78,7 +78,8 @@ def segment(cfg: SegmentConfig, progress=True):
     load = functools.cache(lambda: load_model(cfg.model, task=SEGMENTATION))
     reports = [segment_folder(cfg.model, folder, cfg.out, cfg.batch_size, progress, load) for folder in cfg.images]
     if cfg.dataset:
-        # Masks are not needed here; the pairs' image list is the set's official one.
+        # The set's official image list, as seg-eval and cls-eval read it (an image the reader leaves out is listed
+        # in their skipped.csv).
         pairs, _ = segmentation_pairs(cfg.dataset, cfg.data_dir, subset=cfg.subset)
         items = [(p.image_id, p.image_path) for p in pairs]
         reports.append(segment_items(cfg.model, items, f"{cfg.dataset} in {os.path.abspath(cfg.data_dir)}", cfg.out,

@@ -23,6 +23,7 @@ import traceback
 import pandas as pd
 
 from skinkeras import runs
+from skinkeras.segmentation.segment import segment_items
 from skinkeras.config import ClsTrainConfig, ReproduceConfig, SegTrainConfig
 
 PAPER_TABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
@@ -160,12 +161,6 @@ def _fresh(eval_dir, model_path):
     return os.path.isfile(metrics) and os.path.getmtime(metrics) >= os.path.getmtime(model_path)
 
 
-def _segment_set(cfg, seg_model, out, items, source, progress):
-    from skinkeras.segmentation.segment import segment_items
-
-    return segment_items(seg_model, items, source, out, cfg.batch_size, progress)
-
-
 def segmented_images(cfg, progress=True):
     """The SEGDIR of the classification set: the user's, or made here with the Table 1 Deep-UNet.
 
@@ -183,8 +178,8 @@ def segmented_images(cfg, progress=True):
     records, _ = load_cls_records(cls_config(cfg, "original_only"), needs_segmented=False)
     out = os.path.join(cfg.out, "segdir")
     # Every image of the set, not only a --limit sample: the folder is shared by all rows and all resumes.
-    _segment_set(cfg, os.path.join(seg_cfg.out, "best.keras"), out, list(zip(records.image_id, records.image_path)),
-                 f"{cfg.dataset} in {cfg.data_dir or cfg.images}", progress)
+    segment_items(os.path.join(seg_cfg.out, "best.keras"), list(zip(records.image_id, records.image_path)),
+                  f"{cfg.dataset} in {cfg.data_dir or cfg.images}", out, cfg.batch_size, progress)
     return out
 
 
@@ -193,8 +188,8 @@ def _external_segdir(cfg, name, progress):
 
     pairs, _ = segmentation_pairs(name, cfg.external[name], subset=cfg.external_subset)
     out = os.path.join(cfg.out, f"segdir-{name}")
-    _segment_set(cfg, os.path.join(_seg_run(cfg, SEGMENTER), "best.keras"), out,
-                 [(p.image_id, p.image_path) for p in pairs], f"{name} in {cfg.external[name]}", progress)
+    segment_items(os.path.join(_seg_run(cfg, SEGMENTER), "best.keras"), [(p.image_id, p.image_path) for p in pairs],
+                  f"{name} in {cfg.external[name]}", out, cfg.batch_size, progress)
     return out
 
 

@@ -72,6 +72,9 @@ def train_options(func):
                      help="Continue the run in --out from its last.keras with its saved config."),
         click.option("--overwrite", is_flag=True, help="Replace the run that --out holds (its files are removed)."),
         devices_option,
+        cache_option,
+        click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+                     help="fp32 (default) | bf16 | fp16 compute (Keras mixed policies; fp16 adds loss scaling)."),
         click.option("--num-processes", type=int, default=None,
                      help="Processes of one multi-process run (JAX; or KERAS_DISTRIBUTION_NUM_PROCESSES)."),
         click.option("--process-id", type=int, default=None, help="This process, 0..N-1 (0 writes the run folder)."),
@@ -81,6 +84,11 @@ def train_options(func):
 
 devices_option = click.option("--devices", default=None,
                               help="Data-parallel devices: auto (default: every accelerator; 1 on a CPU) | N.")
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # skinkeras.precision.PRECISIONS; the CLI stays import-light
+precision_option = click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+                                help="Predict in fp32 | bf16 | fp16 (default: the precision the model was trained in).")
+cache_option = click.option("--cache", type=click.Path(file_okay=False), default=None,
+                            help="Input cache written by `prepare`: read instead of decoding the image files.")
 
 
 def train_config(cls, config_file, resume, overwrite, **values):
@@ -155,6 +163,33 @@ def make_synthetic_cmd(out, n, seed, datasets):
         click.echo(f"{name}: {folder}")
 
 
+@cli.command("prepare")
+@click.option("--dataset", required=True, help="isic2018 (image/mask pairs) | ham10000 | isic2019")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset folder, official layout.")
+@click.option("--images", type=click.Path(file_okay=False), multiple=True, help="Image folder(s), as the train "
+                                                                               "command takes them.")
+@click.option("--masks", type=click.Path(file_okay=False), default=None, help="Mask folder (isic2018 with --images).")
+@click.option("--seg-dir", type=click.Path(file_okay=False), default=None,
+              help="SEGDIR of `segment`: also cache its segmented images (classification).")
+@click.option("--subset", default="train", show_default=True, help="Official subset of an isic2018 --data-dir.")
+@click.option("--image-size", type=int, required=True, help="Square size in px; the runs must use the same.")
+@click.option("--workers", default=2, show_default=True, help="Decoding threads.")
+@click.option("--out", required=True, help="Cache folder (CACHE), then `--cache CACHE` on the commands.")
+@friendly_errors
+def prepare_cmd(dataset, data_dir, images, masks, seg_dir, subset, image_size, workers, out):
+    """Decode and resize every image, mask and segmented image once into memory-mapped arrays (an input cache)."""
+    import time
+
+    from skinkeras.data.cache import prepare_cache
+
+    start = time.perf_counter()
+    cache = prepare_cache(out, dataset, image_size, data_dir, list(images) or None, masks, seg_dir, subset,
+                          workers=workers)
+    failed = sum(cache.manifest["not_decoded"].values())
+    click.echo(f"{len(cache)} rows ({', '.join(cache.arrays)}) at {cache.image_size} px in "
+               f"{time.perf_counter() - start:.1f} s, {failed} files not decoded -> {out}")
+
+
 @cli.command("seg-train")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="ISIC 2018 Task 1 folder in the official layout.")
@@ -186,6 +221,8 @@ def seg_train_cmd(config_file, resume, overwrite, **values):
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @bootstrap_options
 @devices_option
+@cache_option
+@precision_option
 @click.option("--out", default=None, help="Output folder (default runs/seg-eval-<timestamp>).")
 @friendly_errors
 def seg_eval_cmd(out, devices, **values):
@@ -211,14 +248,16 @@ def seg_eval_cmd(out, devices, **values):
 @click.option("--out", required=True, help="Output folder (SEGDIR) read by the classification stage.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @devices_option
+@precision_option
 @friendly_errors
-def segment_cmd(model, images, out, batch_size, devices, dataset, data_dir, subset):
+def segment_cmd(model, images, out, batch_size, devices, dataset, data_dir, subset, precision):
     """Write predicted masks and segmented images (original x mask) for image folders."""
     from skinkeras.config import SegmentConfig
     from skinkeras.segmentation.segment import segment
 
     reports = segment(SegmentConfig(model=model, images=list(images), out=out, batch_size=batch_size,
-                                   devices=devices or "auto", dataset=dataset, data_dir=data_dir, subset=subset))
+                                   devices=devices or "auto", dataset=dataset, data_dir=data_dir, subset=subset,
+                                   precision=precision))
     for report in reports:
         click.echo(f"{report['source']}: {report['written']} written, {report['already_there']} already there, "
                    f"{report['skipped']} skipped -> {out}")
@@ -263,6 +302,8 @@ def cls_train_cmd(config_file, resume, overwrite, images, variant, arch, **value
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @bootstrap_options
 @devices_option
+@cache_option
+@precision_option
 @click.option("--out", default=None, help="Output folder (default runs/cls-eval-<timestamp>).")
 @friendly_errors
 def cls_eval_cmd(out, images, devices, **values):
@@ -360,23 +401,31 @@ def reproduce_cmd(tables, config_file, images, rows, external, **values):
 
 
 @cli.command("bench")
-@click.option("--arch", "archs", multiple=True, default=("deep_unet",), show_default=True)
-@click.option("--encoder", "encoders", multiple=True, default=("efficientnetb3",), show_default=True)
+@click.option("--model", "--arch", "models", multiple=True, default=("deep_unet",), show_default=True,
+              help="Registry model (tdbn, a Table 2 classifier, deep_unet, unet, ...); repeatable.")
+@click.option("--encoder", "encoders", multiple=True, default=(),
+              help="Encoder of the TDBN variants and segmentation models; repeatable (default: each model's).")
+@click.option("--mode", "modes", multiple=True, default=("train",), show_default=True,
+              help="train | infer | input (the training input pipeline); repeatable.")
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
-@click.option("--steps", default=3, show_default=True, help="Timed training steps after the first.")
-@click.option("--backends", default=None, help="Comma-separated backends (default: the current one).")
+@click.option("--steps", default=3, show_default=True, help="Timed steps per repeat, after the first.")
+@click.option("--repeats", default=3, show_default=True, help="Timed repeats (median and min / max of images/s).")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | bf16 | fp16")
+@click.option("--backends", default=None,
+              help="Comma-separated: jax, tensorflow, torch, torch-reference, torch-reference-channels_last "
+                   "(default: the current one).")
 @click.option("--devices", default="1", show_default=True,
               help="Data-parallel device counts, comma-separated (e.g. 1,2); --batch-size is the global batch.")
-@click.option("--out", default=None, help="Folder for bench.csv and bench.md (default runs/bench-<timestamp>).")
+@click.option("--out", default=None, help="Folder for bench.csv, bench.md, bench.png (default runs/bench-<timestamp>).")
 @friendly_errors
-def bench_cmd(archs, encoders, image_size, batch_size, steps, backends, devices, out):
-    """Measure build, compile, train-step and predict time per model and backend; writes a table."""
+def bench_cmd(models, encoders, modes, image_size, batch_size, steps, repeats, precision, backends, devices, out):
+    """Measure build, first step, steady images/s, FLOPs and memory per model, mode and backend; writes a table."""
     from skinkeras import runs
-    from skinkeras.bench import bench_segmentation
+    from skinkeras.bench import run_bench
 
-    bench_segmentation(archs, encoders, image_size, batch_size, steps, backends, out or runs.default_run_dir("bench"),
-                       echo=click.echo, devices=devices)
+    run_bench(models, encoders, modes, image_size, batch_size, steps, repeats, precision, backends,
+              out or runs.default_run_dir("bench"), echo=click.echo, devices=devices)
 
 
 @cli.command("gradcam")
@@ -395,6 +444,7 @@ def bench_cmd(archs, encoders, image_size, batch_size, steps, backends, devices,
               help="Lesion masks (ID_segmentation.png) for the measures; default: the dataset's, else SEGDIR/masks.")
 @click.option("--seg-dir", type=click.Path(file_okay=False), default=None, help="SEGDIR, when not the run's.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
+@cache_option
 @click.option("--out", default=None, help="Output folder (default runs/gradcam-<timestamp>).")
 @friendly_errors
 def gradcam_cmd(out, **values):
@@ -423,6 +473,7 @@ def gradcam_cmd(out, **values):
 @click.option("--sex", default=None, help="male | female (omit if unknown).")
 @click.option("--site", default=None, help="Anatomical site, e.g. back, face, lower extremity (omit if unknown).")
 @click.option("--method", default="gradcam", show_default=True, help="gradcam | layercam")
+@precision_option
 @click.option("--out", default=None, help="Write the mask, segmented image, CAM and prediction.json here.")
 @friendly_errors
 def predict_cmd(out, **values):

@@ -32,6 +32,7 @@ from skinkeras.config import (
     SegmentConfig,
     SegTrainConfig,
 )
+from skinkeras.data.cache import open_cache, prepare_cache
 from skinkeras.data.synthetic import make_synthetic
 from skinkeras.explain.cam_report import gradcam
 from skinkeras.explain.gradcam import grad_cam
@@ -43,6 +44,7 @@ from skinkeras.models.deep_unet import build_deep_unet
 from skinkeras.models.registry import architectures, build_model, get_architecture
 from skinkeras.models.seg_baselines import build_deeplabv3plus, build_unet, build_unetpp
 from skinkeras.models.tdbn import build_tdbn
+from skinkeras.precision import precision_scope, with_precision
 from skinkeras.reproduce import reproduce
 from skinkeras.segmentation.evaluate import evaluate_segmentation
 from skinkeras.segmentation.segment import segment
@@ -77,9 +79,13 @@ __all__ = [
     "load_cls_run",
     "load_model",
     "make_synthetic",
+    "open_cache",
+    "precision_scope",
     "predict",
+    "prepare_cache",
     "reproduce",
     "segment",
     "train_classification",
     "train_segmentation",
+    "with_precision",
 ]

@@ -141,3 +141,24 @@ def enable_jax_compilation_cache():
         sys.stderr.write(f"JAX compilation cache off: cannot create {folder} ({exc.strerror})\n")
         return None
     return folder
+
+
+def precision_unsupported(precision):
+    """Why this process's backend and device cannot compute in `precision` (a --precision value), or None.
+
+    Measured: JAX on a CPU fails at the first matrix product of a float16 model (XLA's CPU `dot_general`
+    has no F16_F16_F32 kernel, the float32 accumulation Keras asks for); bfloat16 works there.
+
+    Args:
+        precision: fp32 | bf16 | fp16, or None.
+    """
+    keras = sys.modules.get("keras")  # the backend Keras chose (env or keras.json), once it is imported
+    backend = keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
+    if precision != "fp16" or backend != "jax":
+        return None
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return None
+    return ("--precision fp16 on JAX needs a GPU: XLA's CPU matrix products have no float16 kernel with float32 "
+            "accumulation; use bf16 on a CPU, or the tensorflow / torch backend")

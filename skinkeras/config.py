@@ -101,6 +101,18 @@ def _devices(cfg):
     cfg.devices = str(parse_devices(cfg.devices))
 
 
+def _precision(cfg):
+    from skinkeras.precision import PRECISIONS
+
+    if cfg.precision is not None and cfg.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})")
+    from skinkeras.backend_config import precision_unsupported
+
+    reason = precision_unsupported(cfg.precision)
+    if reason:
+        raise ValueError(reason)
+
+
 def _length(cfg, name, n):
     value = getattr(cfg, name)
     if len(value) != n:
@@ -129,6 +141,9 @@ class TrainConfig(BaseConfig):
         limit: use only N items of a seeded order.
         out: run folder.
         devices: data-parallel devices: auto (every accelerator; one on a CPU-only machine) or N.
+        cache: input cache folder written by `prepare` (read instead of decoding the image files).
+        precision: fp32 | bf16 | fp16 compute precision (Keras mixed policies; outputs, losses and metrics
+            stay float32; fp16 adds dynamic loss scaling).
     """
 
     task: typing.ClassVar[str] = ""
@@ -150,9 +165,12 @@ class TrainConfig(BaseConfig):
     limit: int | None = None
     out: str | None = None
     devices: str | int = "auto"
+    cache: str | None = None
+    precision: str = "fp32"
 
     def check(self):
         _devices(self)
+        _precision(self)
         _positive(self, "epochs", "batch_size", "limit", "lr_step_epochs")
         if self.image_size < 32:
             raise ValueError(f"--image-size must be at least 32 px (got {self.image_size})")
@@ -326,6 +344,8 @@ class SegEvalConfig(BaseConfig):
         devices: data-parallel devices for prediction (auto or N).
         dataset: layout of data_dir: isic2018 | ph2 | isic2017.
         bootstrap: bootstrap resamples (by image) for the 95% intervals; 0 for none.
+        cache: input cache written by `prepare` for this set: scores at the cache's resolution, decoding no file.
+        precision: compute precision of prediction, fp32 | bf16 | fp16 (None: the model's own).
     """
 
     out: str
@@ -342,11 +362,14 @@ class SegEvalConfig(BaseConfig):
     devices: str | int = "auto"
     dataset: str = "isic2018"
     bootstrap: int = 1000
+    cache: str | None = None
+    precision: str | None = None
 
     def check(self):
         from skinkeras.data.sets import SEGMENTATION_DATASETS
 
         _devices(self)
+        _precision(self)
         _positive(self, "batch_size", "limit")
         _within(self, "bootstrap", 0, 1_000_000)
         _one_of(self, "subset", ("train", "val", "test"))
@@ -375,6 +398,7 @@ class SegmentConfig(BaseConfig):
             whose images sit in nested folders.
         data_dir: that set's folder.
         subset: its official subset (isic2017: train, val, test).
+        precision: compute precision of prediction, fp32 | bf16 | fp16 (None: the model's own).
     """
 
     model: str
@@ -385,11 +409,13 @@ class SegmentConfig(BaseConfig):
     dataset: str | None = None
     data_dir: str | None = None
     subset: str = "test"
+    precision: str | None = None
 
     def check(self):
         from skinkeras.data.sets import SEGMENTATION_DATASETS
 
         _devices(self)
+        _precision(self)
         _positive(self, "batch_size")
         _one_of(self, "subset", ("train", "val", "test"))
         if self.dataset is not None:
@@ -418,6 +444,8 @@ class ClsEvalConfig(BaseConfig):
         bootstrap: bootstrap resamples (by lesion) for the 95% intervals; 0 for none.
         seed: bootstrap seed.
         against: another model's cls-eval folder on the same images: adds paired bootstrap differences.
+        cache: input cache written by `prepare` (read instead of decoding the image files).
+        precision: compute precision of prediction, fp32 | bf16 | fp16 (None: the model's own).
     """
 
     model: str
@@ -432,11 +460,14 @@ class ClsEvalConfig(BaseConfig):
     bootstrap: int = 1000
     seed: int = 0
     against: str | None = None
+    cache: str | None = None
+    precision: str | None = None
 
     def check(self):
         from skinkeras.data.sets import EXTERNAL_DATASETS
 
         _devices(self)
+        _precision(self)
         _positive(self, "batch_size")
         _within(self, "bootstrap", 0, 1_000_000)
         _one_of(self, "subset", ("train", "val", "test"))
@@ -462,6 +493,7 @@ class ExplainConfig(BaseConfig):
         method: gradcam | layercam.
         batch_size: images per gradient call.
         seed: seed of the image sample.
+        cache: input cache written by `prepare` (read instead of decoding the image files).
     """
 
     model: str
@@ -477,6 +509,7 @@ class ExplainConfig(BaseConfig):
     method: str = "gradcam"
     batch_size: int = 8
     seed: int = 0
+    cache: str | None = None
 
     def check(self):
         _positive(self, "batch_size")
@@ -500,6 +533,8 @@ class PredictConfig(BaseConfig):
         out: output folder, or None to write nothing.
         method: gradcam | layercam.
         layer: CAM target layer (default: the model's explanation targets).
+        precision: compute precision of the two predictions, fp32 | bf16 | fp16 (None: the models' own);
+            Grad-CAM runs on the model as saved, in its float32 gradients.
     """
 
     image: str
@@ -511,8 +546,10 @@ class PredictConfig(BaseConfig):
     out: str | None = None
     method: str = "gradcam"
     layer: str | None = None
+    precision: str | None = None
 
     def check(self):
+        _precision(self)
         _one_of(self, "method", ("gradcam", "layercam"))
         _within(self, "age", 0, 120)
 

@@ -14,10 +14,11 @@ from PIL import Image
 
 from skinkeras import distribute, runs
 from skinkeras.data.pipeline import ImageReadError, read_rgb, resize_rgb
+from skinkeras.precision import with_precision
 from skinkeras.models.contract import CLASSIFICATION, METADATA, METADATA_MASK, ORIGINAL, SEGMENTED, contract_of
 
 
-def load_model(path, task=None):
+def load_model(path, task=None, precision=None):
     """Loads a `.keras` model of this project (the custom layers are registered on import).
 
     A missing file, a file that is not a Keras archive, a damaged archive and a
@@ -27,6 +28,8 @@ def load_model(path, task=None):
     Args:
         path: `.keras` file.
         task: "segmentation" or "classification" to check what the model is, or None.
+        precision: fp32 | bf16 | fp16 to compute in (`skinkeras.precision.with_precision`), or None for the
+            precision the model was saved with.
     """
     import skinkeras.layers  # noqa: F401  (registers the custom layers)
 
@@ -46,7 +49,7 @@ def load_model(path, task=None):
     if task is not None and contract_of(model).task != task:
         raise ValueError(f"{path} is a {contract_of(model).task} model ({model.name}); this needs a {task} model "
                          f"(RUN/best.keras of {'seg-train' if task == 'segmentation' else 'cls-train'})")
-    return model
+    return with_precision(model, precision) if precision else model
 
 
 def model_image_size(model):
@@ -137,8 +140,11 @@ def predict_original_size(model, items, batch_size=8, progress=True, on_result=N
     return skipped
 
 
-def cls_arrays(df, encoder, size, model_inputs, progress=True):
+def cls_arrays(df, encoder, size, model_inputs, progress=True, cache=None, dataset=None):
     """Loads the images and metadata a classifier takes, for the rows of `df`.
+
+    With `cache`, no image file is decoded: the image inputs are `CachedRows` of the cache's memory maps (a batch
+    reads its own rows), after `InputCache.check` has refused a cache of another size, dataset or file list.
 
     Args:
         df: records (image_path; seg_path when the model reads segmented images; age, sex, site).
@@ -146,6 +152,8 @@ def cls_arrays(df, encoder, size, model_inputs, progress=True):
         size: (H, W).
         model_inputs: the model's input names (its contract's `inputs`).
         progress: show progress bars.
+        cache: an input cache folder (or opened `InputCache`) written by `prepare`, or None.
+        dataset: the records' dataset, checked against the cache's.
 
     Returns:
         (arrays dict input name -> array over all rows, kept row positions, skipped [(path, reason)]).
@@ -155,8 +163,21 @@ def cls_arrays(df, encoder, size, model_inputs, progress=True):
 
     kept = np.arange(len(df))
     arrays, skipped = {}, []
-    for name, column in ((ORIGINAL, "image_path"), (SEGMENTED, "seg_path")):
-        if name in model_inputs:
+    from skinkeras.data.cache import IMAGES, SEGMENTED_IMAGES, open_cache
+
+    views = [(name, column, array) for name, column, array in ((ORIGINAL, "image_path", IMAGES),
+                                                               (SEGMENTED, "seg_path", SEGMENTED_IMAGES))
+             if name in model_inputs]
+    if cache is not None:
+
+        selection = open_cache(cache).check(dataset, size[0], df["image_id"],
+                                            {array: list(df[column]) for _, column, array in views})
+        for name, _, array in views:
+            arrays[name] = selection.view(array)
+        kept = np.flatnonzero(selection.ok)
+        skipped += selection.skipped
+    else:
+        for name, column, _ in views:
             images, ok, bad = load_image_rows(list(df[column]), size, progress)
             full = np.zeros((len(df), *size, 3), np.uint8)
             full[ok] = images
@@ -255,18 +276,19 @@ class ClsRun:
         return SEGMENTED in self.contract.inputs
 
 
-def load_cls_run(model_path):
+def load_cls_run(model_path, precision=None):
     """Loads RUN/best.keras of `cls-train` with its run folder's config, class names and metadata encoder.
 
     Args:
         model_path: a `.keras` file inside a cls-train run folder.
+        precision: fp32 | bf16 | fp16 to compute in, or None for the model's own.
     """
     from skinkeras.classification.records import dataset_classes
     from skinkeras.config import ClsTrainConfig, from_json
     from skinkeras.data.metadata import MetadataEncoder
 
     run_dir = os.path.dirname(os.path.abspath(model_path))
-    model = load_model(model_path, task=CLASSIFICATION)
+    model = load_model(model_path, task=CLASSIFICATION, precision=precision)
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
         raise FileNotFoundError(f"{run_dir} has no config.json: give the best.keras inside a cls-train run folder")
     cfg = from_json(ClsTrainConfig, os.path.join(run_dir, "config.json"))

@@ -26,6 +26,7 @@ from skinkeras import distribute, runs
 from skinkeras.config import from_json, to_json
 from skinkeras.models.common import model_size
 from skinkeras.models.contract import export_model
+from skinkeras.precision import precision_scope
 from skinkeras.runs import read_history
 
 CONFIG_JSON = "config.json"
@@ -285,8 +286,8 @@ class TrainingPlan:
 def restore_or_build(run, build):
     """Returns (model, history rows): the run's last.keras on resume, else `build()` and no history.
 
-    A restored model has its optimizer state and every BatchNorm momentum it was built with (they are
-    build arguments saved in the file).
+    A restored model has its optimizer state, its precision and every BatchNorm momentum it was built
+    with (they are saved in the file); a new one is built under the run's `precision` policy.
 
     Args:
         run: the `Run`.
@@ -296,7 +297,8 @@ def restore_or_build(run, build):
     last = run.path(LAST)
     if history and os.path.exists(last):
         return keras.models.load_model(last, safe_mode=True), history
-    return build(), []
+    with precision_scope(run.cfg.precision):
+        return build(), []
 
 
 def fit_run(run, plan, progress=True):
@@ -352,6 +354,7 @@ def fit_run(run, plan, progress=True):
         "train_minutes": round(sum(r.get("seconds", 0.0) for r in rows) / 60, 2),
         "arch": cfg.arch,
         "backend": keras.backend.backend(),
+        "precision": cfg.precision,
         "devices": run.placement.devices,
         "processes": run.placement.num_processes,
         **plan.info,

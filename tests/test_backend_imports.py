@@ -1,6 +1,6 @@
-"""Only three small modules import a backend, each where its nature demands it: the Grad-CAM gradient helper,
-the backend configuration (JAX's compilation cache) and the distribution set-up (JAX devices). Everything else is
-`keras` / `keras.ops`."""
+"""Only four small modules import a backend, each where its nature demands it: the Grad-CAM gradient helper,
+the backend configuration (JAX's compilation cache, precision support), the distribution set-up (JAX devices) and
+the bench's device probes (tracing, synchronisation, accelerator memory). Everything else is `keras` / `keras.ops`."""
 
 import ast
 from pathlib import Path
@@ -8,6 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = {"jax", "tensorflow", "torch"}
 ALLOWED = {"skinkeras/explain/gradients.py": BACKENDS, "skinkeras/backend_config.py": {"jax"},
+           "skinkeras/bench_backend.py": BACKENDS,
            "skinkeras/distribute.py": {"jax"}}
 
 
@@ -24,7 +25,7 @@ def backend_imports(path):
     return found
 
 
-def test_only_the_three_backend_modules_import_a_backend():
+def test_only_the_four_backend_modules_import_a_backend():
     offenders = {}
     for path in [*sorted((ROOT / "skinkeras").rglob("*.py")), ROOT / "cli.py"]:
         rel = path.relative_to(ROOT).as_posix()

@@ -1,10 +1,13 @@
 """Speed benchmark: rows, files and backend handling (no assertions on time values beyond > 0)."""
 
 import csv
+import importlib.util
 import json
 import subprocess
 
 import keras
+import numpy as np
+import pytest
 
 from skinkeras import bench
 
@@ -13,34 +16,160 @@ def quiet(*args, **kwargs):
     """Echo that prints nothing."""
 
 
+def sane(row, measured_model=True):
+    """Asserts the row has every field and plausible measurements."""
+    assert set(row) == set(bench.FIELDS)
+    assert row["status"] == "ok", row["status"]
+    for name in ("first_step_s", "step_s", "img_per_s", "img_per_s_min", "img_per_s_max", "host_mem_mb"):
+        assert row[name] > 0, name
+    assert row["img_per_s_min"] <= row["img_per_s"] <= row["img_per_s_max"]
+    assert row["device_mem_mb"] is None or row["device_mem_mb"] > 0
+    if measured_model:
+        for name in ("build_s", "flops_per_image", "tflops_per_s", "params", "size_mb"):
+            assert row[name] > 0, name
+        assert row["flops_basis"].startswith("forward")
+
+
+def registry_params(name, encoder, image_size):
+    """count_params of the registry model the bench builds (random weights)."""
+    return bench._build(*bench._config(name, encoder, image_size, 2), "fp32")[0].count_params()
+
+
 def test_bench_rows_and_files(tmp_path):
     rows = bench.bench_segmentation(archs=("unet", "deeplabv3plus"), encoders=("mobilenetv2",), image_size=64,
-                                    batch_size=2, steps=1, out=tmp_path, echo=quiet)
-    assert [row["arch"] for row in rows] == ["unet", "deeplabv3plus"]
+                                    batch_size=2, steps=1, repeats=1, out=tmp_path, echo=quiet)
+    assert [row["model"] for row in rows] == ["unet", "deeplabv3plus"]
     for row in rows:
-        assert set(row) == set(bench.FIELDS)
-        assert row["status"] == "ok", row["status"]
+        sane(row)
         assert row["backend"] == keras.backend.backend()
-        assert (row["encoder"], row["image_size"], row["batch_size"]) == ("mobilenetv2", 64, 2)
-        for name in ("build_s", "first_step_s", "step_s", "train_img_per_s", "predict_s", "size_mb"):
-            assert row[name] > 0, name
-        assert row["params"] > 0
+        assert (row["encoder"], row["image_size"], row["batch_size"], row["mode"], row["precision"]) == \
+            ("mobilenetv2", 64, 2, "train", "fp32")
+        assert row["flops_basis"] == f"forward x{bench.TRAIN_FLOPS_FACTOR} (train)"
     assert rows[0]["params"] != rows[1]["params"]
+    assert rows[0]["params"] == registry_params("unet", "mobilenetv2", 64)
 
     with open(tmp_path / "bench.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert [r["arch"] for r in table] == ["unet", "deeplabv3plus"]
+    assert [r["model"] for r in table] == ["unet", "deeplabv3plus"]
     assert list(table[0]) == list(bench.FIELDS)
     md = (tmp_path / "bench.md").read_text().strip().splitlines()
-    assert len(md) == 2 + len(rows)
-    assert md[0].startswith("| backend | devices | arch |") and "unet" in md[2] and "deeplabv3plus" in md[3]
+    assert md[0].startswith("| backend | devices | model | encoder | mode |") and "unet" in md[2]
+    assert "deeplabv3plus" in md[3] and md[4] == "" and md[5].startswith("1. ")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_classification_rows_in_every_mode():
+    # The dual-encoder TDBN with metadata on torch; one encoder elsewhere, where compiling the TDBN's train and
+    # predict steps takes minutes (158 s on TensorFlow).
+    name = "tdbn" if keras.backend.backend() == "torch" else "original_only"
+    rows = bench.run_bench(models=[name], encoders=["mobilenetv2"], modes=["train", "infer", "input"],
+                           image_size=32, batch_size=2, steps=1, repeats=2, echo=quiet)
+    assert [(r["model"], r["mode"]) for r in rows] == [(name, "train"), (name, "infer"), (name, "input")]
+    train, infer, pipeline = rows
+    sane(train)
+    sane(infer)
+    sane(pipeline, measured_model=False)
+    assert train["params"] == infer["params"] == registry_params(name, "mobilenetv2", 32)
+    assert train["flops_per_image"] == infer["flops_per_image"] and infer["flops_basis"] == "forward"
+    assert pipeline["params"] is None and "ClassificationDataset" in pipeline["note"]
+
+
+def test_flop_counter_against_hand_counts():
+    from keras import layers
+
+    image = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, padding="same")(image)  # 8*8 outputs x 4 filters, 3*3*3 multiply-adds each
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same")(x)  # 4*4 x 4 outputs, 3*3 each
+    x = layers.Flatten()(x)
+    logits = layers.Dense(5)(x)  # 64 inputs x 5
+    assert bench.forward_flops(keras.Model(image, logits)) == 2 * (8 * 8 * 4 * 27 + 4 * 4 * 4 * 9 + 64 * 5)
+
+    query, memory = keras.Input((6, 8)), keras.Input((3, 8))
+    attended = layers.MultiHeadAttention(2, 4)(query=query, value=memory, key=memory)
+    # q (6 tokens), k and v (3 tokens) and output projections of 8 -> 2 heads x 4 -> 8, plus the (6 x 3)
+    # score and mixing products of each head
+    hand = 2 * (6 * 8 * 8 + 3 * 8 * 8 + 3 * 8 * 8 + 6 * 8 * 8) + 2 * 6 * 3 * 2 * (4 + 4)
+    assert bench.forward_flops(keras.Model([query, memory], attended)) == hand
+
+
+def test_status_rows_for_unknown_backend_model_mode_and_missing_reference():
+    rows = bench.run_bench(models=["no_such_model", "vit"], modes=["train"], image_size=32, batch_size=2, steps=1,
+                           backends="no_such_backend,torch-reference", echo=quiet)
+    assert [(r["backend"], r["model"]) for r in rows] == [("no_such_backend", "no_such_model"),
+                                                          ("no_such_backend", "vit"),
+                                                          ("torch-reference", "no_such_model"),
+                                                          ("torch-reference", "vit")]
+    assert all(set(r) == set(bench.FIELDS) and r["img_per_s"] is None for r in rows)
+    assert "unknown backend" in rows[0]["status"] and "torch-reference" in rows[0]["status"]
+    assert "Unknown model" in rows[2]["status"] and "tdbn" in rows[2]["status"]
+    assert rows[3]["status"].startswith("no torch reference for vit")
+    odd = bench.run_bench(models=["unet"], modes=["warp"], precision="fp8", echo=quiet)
+    assert "unknown precision" in odd[0]["status"]
+    odd = bench.run_bench(models=["unet"], modes=["warp"], echo=quiet)
+    assert "unknown mode 'warp'" in odd[0]["status"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the reference needs torch")
+def test_torch_reference_row(tmp_path):
+    rows = bench.run_bench(models=["tdbn"], encoders=["densenet121"], modes=["train", "input"], image_size=32,
+                           batch_size=2, steps=1, repeats=1, backends="torch-reference", out=tmp_path, echo=quiet)
+    train, pipeline = rows
+    sane(train)
+    assert (train["backend"], train["model"], train["encoder"]) == ("torch-reference", "tdbn", "densenet121")
+    assert "DenseNet, NCHW" in train["note"]
+    assert pipeline["status"].startswith("input pipeline is the project's")
+    assert "torch-reference" in (tmp_path / "bench.md").read_text()
+
+
+def reference_and_keras_tdbn(encoder, image_size):
+    """(Keras TDBN of the registry, the plain-PyTorch reference) at the same widths, random weights."""
+    from skinkeras.data.metadata import MetadataEncoder
+
+    keras_model = bench._build(*bench._config("tdbn", encoder, image_size, 2), "fp32")[0]
+    reference = bench.load_torch_reference().TDBN(7, encoder, "tdbn", MetadataEncoder().n_features)
+    return keras_model, reference
+
+
+def check_reference_matches(encoder, image_size):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    keras_model, reference = reference_and_keras_tdbn(encoder, image_size)
+    module = bench.load_torch_reference()
+    # Keras counts each BatchNormalization's moving mean / variance (non-trainable weights), torch keeps them as
+    # buffers: keras_equivalent_params adds them. MultiHeadAttention with key_dim = D / heads holds the same
+    # q / k / v / output kernels and biases as nn.MultiheadAttention, so nothing else remains to account for.
+    bn_stats = sum(m.running_mean.numel() + m.running_var.numel() for m in reference.modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    torch_params = sum(p.numel() for p in reference.parameters())
+    assert module.keras_equivalent_params(reference) == torch_params + bn_stats
+    assert keras_model.count_params() == torch_params + bn_stats
+    non_trainable = sum(int(np.prod(w.shape)) for w in keras_model.non_trainable_weights)
+    assert non_trainable == bn_stats
+
+    reference.train()  # eval mode's fused attention path hides its products from FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        reference(*module.random_inputs("tdbn", 2, image_size, reference.tabular[0].in_features, "cpu"))
+    assert bench.forward_flops(keras_model) == counter.get_total_flops() // 2
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a dual DenseNet builds in seconds on torch only")
+def test_reference_params_and_flops_match_keras_small_encoder():
+    check_reference_matches("densenet121", 64)
+
+
+@pytest.mark.slow
+@pytest.mark.backend
+def test_reference_params_and_flops_match_keras_at_paper_size():
+    pytest.importorskip("torch")
+    check_reference_matches("densenet201", 224)
 
 
 def test_unknown_backend_is_a_row_not_an_error():
     echoed = []
     rows = bench.bench_segmentation(archs=("unet", "unetpp"), encoders=("mobilenetv2",), image_size=64,
                                     batch_size=2, steps=1, backends=["nonexistent_backend"], echo=echoed.append)
-    assert [row["arch"] for row in rows] == ["unet", "unetpp"]
+    assert [row["model"] for row in rows] == ["unet", "unetpp"]
     for row in rows:
         assert row["backend"] == "nonexistent_backend"
         assert "nonexistent_backend" in row["status"] and "valid" in row["status"]

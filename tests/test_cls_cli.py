@@ -160,3 +160,17 @@ def test_missing_segmented_images_name_the_segment_command(ham, tmp_path):
     result = CliRunner().invoke(cli, ["cls-train", "--data-dir", str(ham["data"]), "--out", str(tmp_path / "r2"),
                                       *SMALL])
     assert result.exit_code != 0 and "--seg-dir" in result.output
+
+
+def test_cls_eval_in_bf16_predicts_like_fp32(tdbn_run, tmp_path):
+    """`--precision bf16` rebuilds the float32 run's model in bfloat16: the same images, probabilities within
+    bf16's resolution of the fp32 ones, the precision recorded."""
+    full, half = tmp_path / "fp32", tmp_path / "bf16"
+    ok("cls-eval", "--model", tdbn_run / "best.keras", "--bootstrap", 0, "--out", full)
+    ok("cls-eval", "--model", tdbn_run / "best.keras", "--bootstrap", 0, "--precision", "bf16", "--out", half)
+    assert json.loads((full / "metrics.json").read_text())["precision"] == "fp32"
+    assert json.loads((half / "metrics.json").read_text())["precision"] == "bf16"
+    a, b = pd.read_csv(full / "predictions.csv"), pd.read_csv(half / "predictions.csv")
+    assert list(a.image) == list(b.image)
+    diff = np.abs(a.iloc[:, 1:].to_numpy() - b.iloc[:, 1:].to_numpy()).max()
+    assert 0 < diff < 0.1, diff

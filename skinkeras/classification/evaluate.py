@@ -11,6 +11,7 @@ from skinkeras.classification.records import OFFICIAL_COLUMNS, attach_segmented,
 from skinkeras.config import ClsEvalConfig
 from skinkeras.data.sets import EXTERNAL_DATASETS, external_records, model_labels
 from skinkeras.inference import cls_arrays, load_cls_run, model_image_size, predict_probabilities
+from skinkeras.precision import precision_of
 from skinkeras.intervals import classification_intervals, paired_difference
 from skinkeras.metrics import classification_scores
 from skinkeras.report.figures import plot_confusion, plot_roc
@@ -100,7 +101,7 @@ def add_intervals(metrics, labels, probs, classes, groups, n_resamples, seed, fu
 
 
 def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir=None, batch_size=16, progress=True,
-             dataset=None, bootstrap=1000, seed=0):
+             dataset=None, bootstrap=1000, seed=0, cache=None, precision=None):
     """Evaluates a classifier on its run's test split (or another labelled set) in the ISIC formats.
 
     Writes metrics.json (accuracy, balanced_accuracy, auc_macro, top2_accuracy, melanoma_auc, per-class
@@ -121,8 +122,10 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
             the classes it has (see `skinkeras.data.sets`).
         bootstrap: bootstrap resamples for the intervals (0: none).
         seed: bootstrap seed.
+        cache: input cache written by `prepare` for the evaluated images (read instead of decoding them).
+        precision: fp32 | bf16 | fp16 to predict in, or None for the model's own.
     """
-    run = load_cls_run(model_path)
+    run = load_cls_run(model_path, precision)
     classes = run.classes
     external = dataset in EXTERNAL_DATASETS
     if external:
@@ -144,7 +147,8 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
     if df.empty:
         raise ValueError(f"No images to evaluate in {source}")
     os.makedirs(out, exist_ok=True)
-    arrays, kept, skipped = cls_arrays(df, run.encoder, model_image_size(run.model), run.contract.inputs, progress)
+    arrays, kept, skipped = cls_arrays(df, run.encoder, model_image_size(run.model), run.contract.inputs, progress,
+                                       cache, dataset or run.cfg.dataset)
     labels = df.label.to_numpy(np.int64)
     probs = predict_probabilities(run.model, arrays, labels, kept, batch_size, progress)
     labels, ids, groups = labels[kept], df.image_id.to_numpy()[kept], df.lesion_id.astype(str).to_numpy()[kept]
@@ -162,7 +166,8 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
     metrics["melanoma_auc"] = (float(roc_auc_score(truth, probs[:, mel]))
                                if truth is not None and 0 < truth.sum() < len(truth) else None)
     add_intervals(metrics, sub_labels, sub_probs, sub_classes, groups, bootstrap, seed, probs, labels, classes)
-    metrics.update({"source": source, "model": os.path.abspath(model_path), "skipped": len(skipped)})
+    metrics.update({"source": source, "model": os.path.abspath(model_path), "skipped": len(skipped),
+                    "precision": precision_of(run.model)})
     runs.write_json(os.path.join(out, "metrics.json"), metrics)
     isic_csv(ids, probs, classes, run.cfg.dataset, os.path.join(out, "predictions.csv"))
     isic_csv(ids, np.eye(len(classes))[labels], classes, run.cfg.dataset, os.path.join(out, "ground_truth.csv"))
@@ -236,7 +241,7 @@ def evaluate_classification(cfg: ClsEvalConfig, progress=True):
     """
     distribute.configure(cfg.devices)
     metrics = cls_eval(cfg.model, cfg.out, cfg.subset, cfg.data_dir, cfg.images, cfg.seg_dir, cfg.batch_size,
-                       progress, cfg.dataset, cfg.bootstrap, cfg.seed)
+                       progress, cfg.dataset, cfg.bootstrap, cfg.seed, cfg.cache, cfg.precision)
     if cfg.against:
         run = runs.read_json(os.path.join(os.path.dirname(os.path.abspath(cfg.model)), "classes.json"))
         metrics["paired"] = paired_against(cfg.out, cfg.against, run["classes"], run["dataset"], cfg.bootstrap or 1000,

@@ -112,8 +112,9 @@ def _fit(run, progress):
 
     size = (cfg.image_size, cfg.image_size)
     if progress:
-        print(f"Loading {len(df)} images at {size[0]}x{size[1]} ({', '.join(arch.inputs)})")
-    arrays, kept, skipped = cls_arrays(df, encoder, size, arch.inputs, progress)
+        print(f"{'Reading' if cfg.cache else 'Loading'} {len(df)} images at {size[0]}x{size[1]} "
+              f"({', '.join(arch.inputs)}){' from the cache ' + cfg.cache if cfg.cache else ''}")
+    arrays, kept, skipped = cls_arrays(df, encoder, size, arch.inputs, progress, cfg.cache, cfg.dataset)
     if not resume:
         runs.write_skipped(run.dir, skipped)
     labels = df.label.to_numpy(np.int64)

@@ -66,6 +66,16 @@ def resize_rgb(image, size):
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
+def load_rgb(path, size):
+    """Reads one image (any mode) and resizes it to (H, W): the decode of every classifier input.
+
+    Args:
+        path: image file.
+        size: (H, W) target.
+    """
+    return resize_rgb(read_rgb(path), size)
+
+
 def load_pair(pair, size):
     """Reads, checks and resizes one image/mask pair.
 
@@ -384,7 +394,7 @@ def load_image_rows(paths, size, progress=True, workers=2):
     Returns:
         (images uint8 (N_ok, H, W, 3), kept positions into `paths`, skipped [(path, reason)]).
     """
-    images, kept, skipped = load_all(paths, lambda p: resize_rgb(read_rgb(p), size), str, progress, workers)
+    images, kept, skipped = load_all(paths, lambda p: load_rgb(p, size), str, progress, workers)
     return (np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)), kept, skipped
 
 

@@ -84,7 +84,7 @@ def lesion_masks(df, cfg, masks=None, seg_dir=None):
     return [None] * len(df), None
 
 
-def _model_inputs(model_path, df, default_encoder, progress, model=None):
+def _model_inputs(model_path, df, default_encoder, progress, model=None, cache=None, dataset=None):
     """Loads a classifier and the arrays it needs for `df`; returns (model, arrays, kept rows, skipped)."""
     from skinkeras.data.metadata import MetadataEncoder
 
@@ -94,7 +94,7 @@ def _model_inputs(model_path, df, default_encoder, progress, model=None):
     names = contract_of(model).inputs
     if SEGMENTED in names and "seg_path" not in df:
         raise ValueError(f"{model_path} needs segmented images: pass --seg-dir SEGDIR written by `python cli.py segment`")
-    arrays, kept, skipped = cls_arrays(df, encoder, model_image_size(model), names, progress)
+    arrays, kept, skipped = cls_arrays(df, encoder, model_image_size(model), names, progress, cache, dataset)
     return model, arrays, kept, skipped
 
 
@@ -106,7 +106,7 @@ def _mean(values):
 
 def gradcam_report(model_path, out, baseline_path=None, images=None, subset="test", n=16, layer=None,
                    class_name=None, masks=None, seg_dir=None, method="gradcam", batch_size=8, seed=0,
-                   progress=True):
+                   progress=True, cache=None):
     """Computes, renders and measures the CAMs of a classifier (and a baseline) on N images.
 
     Args:
@@ -124,6 +124,8 @@ def gradcam_report(model_path, out, baseline_path=None, images=None, subset="tes
         batch_size: images per gradient call.
         seed: seed of the image sample.
         progress: show progress bars.
+        cache: input cache written by `prepare` (the images are read from it, not decoded; the lesion masks of the
+            measures are still read from their files).
 
     Returns:
         the cam_metrics.json dict.
@@ -143,7 +145,8 @@ def gradcam_report(model_path, out, baseline_path=None, images=None, subset="tes
     labelled = {"model": model_path, **({"baseline": baseline_path} if baseline_path else {})}
     loaded, kept, skipped = {}, np.arange(len(df)), []
     for label, path in labelled.items():
-        model, arrays, ok, bad = _model_inputs(path, df, encoder, progress, run.model if label == "model" else None)
+        model, arrays, ok, bad = _model_inputs(path, df, encoder, progress, run.model if label == "model" else None,
+                                               cache, None if images else cfg.dataset)
         loaded[label] = (model, arrays)
         kept = np.intersect1d(kept, ok)
         skipped += bad
@@ -233,4 +236,4 @@ def gradcam(cfg: ExplainConfig, progress=True):
         progress: show progress bars.
     """
     return gradcam_report(cfg.model, cfg.out, cfg.baseline, cfg.images, cfg.subset, cfg.n, cfg.layer, cfg.class_name,
-                          cfg.masks, cfg.seg_dir, cfg.method, cfg.batch_size, cfg.seed, progress)
+                          cfg.masks, cfg.seg_dir, cfg.method, cfg.batch_size, cfg.seed, progress, cfg.cache)

@@ -31,6 +31,7 @@ from PIL import Image
 
 from skinkeras.explain.gradients import class_score_gradients
 from skinkeras.models.contract import contract_of
+from skinkeras.precision import with_precision
 
 
 @dataclass
@@ -139,7 +140,9 @@ class _Graph:
 
     def __init__(self, model, contract):
         self.model, self.contract = model, contract
-        self.clone, self.calls = _clone(model)
+        # A bf16 / fp16 model is explained in float32: low-precision gradients of the class score are too coarse
+        # for the channel weights.
+        self.clone, self.calls = _clone(with_precision(model, "fp32"))
         self.inputs = {t.name: t for t in self.clone.inputs}
         # A model without a score layer in its contract: explain its output itself.
         self.scores = self.output_of(contract.logits) if contract.logits else self.clone.outputs[0]

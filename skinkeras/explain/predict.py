@@ -11,7 +11,7 @@ from skinkeras.models.contract import ORIGINAL, SEGMENTATION, SEGMENTED
 
 
 def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None, site=None, out=None,
-                  method="gradcam", layer=None):
+                  method="gradcam", layer=None, precision=None):
     """Segments, classifies and explains one image of any size (JPEG, PNG, ...).
 
     Writes into `out` (when given): ID_segmentation.png (the mask at the
@@ -29,6 +29,8 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
         out: output folder, or None to write nothing.
         method: "gradcam" or "layercam".
         layer: CAM target layer (default: each encoder's last block).
+        precision: fp32 | bf16 | fp16 of the mask and the class probabilities (None: the models' own); the CAMs
+            are computed in float32 whatever the models' precision.
 
     Returns:
         dict with the sorted class probabilities, the explained class, and the files written.
@@ -47,9 +49,9 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
     )
 
     image = read_rgb(image_path)  # ImageReadError: one line naming the file
-    run = load_cls_run(cls_model_path)
+    run = load_cls_run(cls_model_path, precision)
     cls_model, classes = run.model, run.classes
-    seg_model = load_model(seg_model_path, task=SEGMENTATION)
+    seg_model = load_model(seg_model_path, task=SEGMENTATION, precision=precision)
     prob = predict_masks(seg_model, resize_rgb(image, model_image_size(seg_model))[None], 1)[0]
     mask = probability_to_mask(prob, image.shape[:2])
     segmented = segmented_image(image, mask)
@@ -99,4 +101,4 @@ def predict(cfg: PredictConfig):
         cfg: `PredictConfig`.
     """
     return predict_image(cfg.image, cfg.seg_model, cfg.cls_model, cfg.age, cfg.sex, cfg.site, cfg.out, cfg.method,
-                         cfg.layer)
+                         cfg.layer, cfg.precision)

@@ -75,7 +75,7 @@ def segment(cfg: SegmentConfig, progress=True):
         progress: show progress bars.
     """
     distribute.configure(cfg.devices)
-    load = functools.cache(lambda: load_model(cfg.model, task=SEGMENTATION))
+    load = functools.cache(lambda: load_model(cfg.model, task=SEGMENTATION, precision=cfg.precision))
     reports = [segment_folder(cfg.model, folder, cfg.out, cfg.batch_size, progress, load) for folder in cfg.images]
     if cfg.dataset:
         # The set's official image list, as seg-eval and cls-eval read it (an image the reader leaves out is listed

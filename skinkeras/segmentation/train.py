@@ -95,6 +95,8 @@ def load_split(run, progress=True):
         pairs, problems = find_pairs(cfg.data_dir, cfg.images, cfg.masks)
         runs.write_skipped(run.dir, problems)
         pairs = limit_pairs(pairs, cfg.limit, cfg.seed)
+    if cfg.cache:
+        return _cached_split(run, pairs, (train_pairs, val_pairs) if reuse else None, progress)
     if progress:
         print(f"Loading {len(pairs)} image/mask pairs at {size[0]}x{size[1]}")
     images, masks, kept, skipped = load_pairs(pairs, size, progress)
@@ -109,6 +111,39 @@ def load_split(run, progress=True):
         print(f"{len(train_idx)} training and {len(val_idx)} validation pairs ({len(skipped)} skipped)")
     val_ids = [kept[i].image_id for i in val_idx]
     return (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx]), val_ids
+
+
+def _cached_split(run, pairs, saved, progress):
+    """`load_split` from the run's input cache: the same split, `CachedRows` instead of decoded arrays.
+
+    Args:
+        run: the opened `Run`.
+        pairs: the pairs the run reads (found, limited; or those of the saved split).
+        saved: (train, val) pairs of split.csv on resume, else None (a new split is made and written).
+        progress: print what is read.
+    """
+    from skinkeras.data.cache import IMAGES, MASKS, open_cache
+
+    cfg = run.cfg
+    cache = open_cache(cfg.cache)
+    selection = cache.check("isic2018", cfg.image_size, [p.image_id for p in pairs],
+                            {IMAGES: [p.image_path for p in pairs], MASKS: [p.mask_path for p in pairs]})
+    kept = [p for p, ok in zip(pairs, selection.ok) if ok]
+    if saved is None:
+        runs.write_skipped(run.dir, selection.skipped)
+        train_pairs, val_pairs = split_pairs(kept, cfg.val_fraction, cfg.seed)
+        write_split(run.path(runs.SPLIT_CSV), train_pairs, val_pairs)
+    else:
+        train_pairs, val_pairs = saved
+    position = {p.image_id: i for i, p in enumerate(pairs) if selection.ok[i]}
+    train_idx = [position[p.image_id] for p in train_pairs if p.image_id in position]
+    val_idx = [position[p.image_id] for p in val_pairs if p.image_id in position]
+    if progress:
+        print(f"{len(train_idx)} training and {len(val_idx)} validation pairs from the cache {cfg.cache} "
+              f"({len(selection.skipped)} skipped)")
+    val_ids = [pairs[i].image_id for i in val_idx]
+    return ((selection.view(IMAGES, train_idx), selection.view(MASKS, train_idx)),
+            (selection.view(IMAGES, val_idx), selection.view(MASKS, val_idx)), val_ids)
 
 
 def train_segmentation(cfg: SegTrainConfig, resume=False, resume_epochs=None, progress=True, overwrite=False):

@@ -75,6 +75,9 @@ def train_options(func):
         cache_option,
         click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
                      help="fp32 (default) | bf16 | fp16 compute (Keras mixed policies; fp16 adds loss scaling)."),
+        click.option("--jit-compile/--no-jit-compile", default=None,
+                     help="Compile the train step: torch.compile on torch; off = no XLA on TensorFlow (default: "
+                          "Keras' auto)."),
         click.option("--num-processes", type=int, default=None,
                      help="Processes of one multi-process run (JAX; or KERAS_DISTRIBUTION_NUM_PROCESSES)."),
         click.option("--process-id", type=int, default=None, help="This process, 0..N-1 (0 writes the run folder)."),
@@ -413,7 +416,7 @@ def reproduce_cmd(tables, config_file, images, rows, external, **values):
 @click.option("--repeats", default=3, show_default=True, help="Timed repeats (median and min / max of images/s).")
 @click.option("--precision", default="fp32", show_default=True, help="fp32 | bf16 | fp16")
 @click.option("--backends", default=None,
-              help="Comma-separated: jax, tensorflow, torch, torch-reference, torch-reference-channels_last "
+              help="Comma-separated: jax, tensorflow, torch, torch-compile, torch-reference, torch-reference-channels_last "
                    "(default: the current one).")
 @click.option("--devices", default="1", show_default=True,
               help="Data-parallel device counts, comma-separated (e.g. 1,2); --batch-size is the global batch.")

@@ -35,7 +35,9 @@ from skinkeras import bench_backend
 BACKENDS = ("jax", "tensorflow", "torch")
 # Plain-PyTorch rows: backend name -> extra arguments of the reference script.
 REFERENCE_BACKENDS = {"torch-reference": (), "torch-reference-channels_last": ("--channels-last",)}
-ALL_BACKENDS = BACKENDS + tuple(REFERENCE_BACKENDS)
+# Keras-backend rows with the train and predict steps compiled (`jit_compile=True`): name -> KERAS_BACKEND.
+COMPILED_BACKENDS = {"torch-compile": "torch"}
+ALL_BACKENDS = BACKENDS + tuple(COMPILED_BACKENDS) + tuple(REFERENCE_BACKENDS)
 MODES = ("train", "infer", "input")
 PRECISIONS = ("fp32", "bf16", "fp16")
 FIELDS = ("backend", "devices", "model", "encoder", "mode", "precision", "image_size", "batch_size", "steps",
@@ -286,7 +288,7 @@ def _steady(step, batch_size, steps, repeats):
             "img_per_s_min": round(min(rates), 2), "img_per_s_max": round(max(rates), 2)}
 
 
-def _config(model_name, encoder, image_size, batch_size):
+def _config(model_name, encoder, image_size, batch_size, jit_compile=None):
     """The training config a registry model is built from (random weights).
 
     Args:
@@ -294,6 +296,7 @@ def _config(model_name, encoder, image_size, batch_size):
         encoder: encoder name, or None for the config's default.
         image_size: square input size.
         batch_size: images per step.
+        jit_compile: the config's `jit_compile` (None: Keras' auto).
     """
     from skinkeras.config import ClsTrainConfig, SegTrainConfig
     from skinkeras.models.contract import SEGMENTATION
@@ -301,7 +304,8 @@ def _config(model_name, encoder, image_size, batch_size):
 
     arch = get_architecture(model_name)
     config = SegTrainConfig if arch.task == SEGMENTATION else ClsTrainConfig
-    values = dict(arch=arch.name, weights="none", image_size=image_size, batch_size=batch_size)
+    values = dict(arch=arch.name, weights="none", image_size=image_size, batch_size=batch_size,
+                  jit_compile=jit_compile)
     if encoder:
         values["encoder"] = encoder
     return arch, config(**values)
@@ -417,7 +421,7 @@ def _measure_input(arch, cfg, batch_size, steps, repeats):
             "note": f"{type(dataset).__name__}, augment=True, in-memory uint8"}
 
 
-def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3, precision="fp32"):
+def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3, precision="fp32", jit_compile=None):
     """Measures one model in one mode in this process's backend; returns the row's measured fields.
 
     Args:
@@ -429,6 +433,7 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
         steps: timed steps per repeat, after the first (compiling) one.
         repeats: timed repeats.
         precision: fp32 | bf16 | fp16 (the dtype policy the model is built under).
+        jit_compile: compile the train and predict steps (torch: `torch.compile`); None: Keras' auto.
     """
     import keras
 
@@ -437,7 +442,7 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
 
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    arch, cfg = _config(model_name, encoder, image_size, batch_size)
+    arch, cfg = _config(model_name, encoder, image_size, batch_size, jit_compile)
     if mode == "input":
         return _measure_input(arch, cfg, batch_size, steps, repeats)
 
@@ -453,6 +458,8 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
         factor = TRAIN_FLOPS_FACTOR
     else:
         infer = export_model(model)
+        if jit_compile is not None:
+            infer.compile(jit_compile=jit_compile)
         _, first_step_s = _timed(lambda: (infer.predict_on_batch(x), bench_backend.sync()))
         values = _steady(lambda: infer.predict_on_batch(x), batch_size, steps, repeats)
         factor = 1
@@ -469,7 +476,8 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
     }
 
 
-def _measure_here(backend, plan, modes, image_size, batch_size, steps, devices=1, repeats=3, precision="fp32"):
+def _measure_here(backend, plan, modes, image_size, batch_size, steps, devices=1, repeats=3, precision="fp32",
+                  jit_compile=None):
     """Rows for every planned model x mode in this process (a failing model becomes an error row).
 
     Args:
@@ -482,6 +490,7 @@ def _measure_here(backend, plan, modes, image_size, batch_size, steps, devices=1
         devices: data-parallel devices (`skinkeras.distribute`).
         repeats: timed repeats.
         precision: fp32 | bf16 | fp16.
+        jit_compile: see `_measure`.
     """
     import keras
 
@@ -500,7 +509,7 @@ def _measure_here(backend, plan, modes, image_size, batch_size, steps, devices=1
                 rows.append(_row(backend, model, encoder, image_size, batch_size, error, devices, mode=mode, **common))
                 continue
             try:
-                values = _measure(model, encoder, mode, image_size, batch_size, steps, repeats, precision)
+                values = _measure(model, encoder, mode, image_size, batch_size, steps, repeats, precision, jit_compile)
                 rows.append(_row(backend, model, encoder, image_size, batch_size, "ok", devices, mode=mode, **common,
                                  **values))
             except Exception as e:  # one broken model should not lose the others' measurements
@@ -548,7 +557,7 @@ def _run_child(cmd, env):
 
 
 def _measure_subprocess(backend, models, encoders, modes, image_size, batch_size, steps, devices=1, repeats=3,
-                        precision="fp32"):
+                        precision="fp32", label=None):
     """Rows measured by `python -m skinkeras.bench --json` under KERAS_BACKEND=`backend`.
 
     Args:
@@ -562,15 +571,19 @@ def _measure_subprocess(backend, models, encoders, modes, image_size, batch_size
         devices: data-parallel devices in the child.
         repeats: timed repeats.
         precision: fp32 | bf16 | fp16.
+        label: the rows' backend name when it is not `backend` (a `COMPILED_BACKENDS` row).
     """
+    label = label or backend
+    module = COMPILED_BACKENDS.get(label, backend)
     cmd = [sys.executable, "-m", "skinkeras.bench", "--json", "--models", *models,
            *(["--encoders", *encoders] if encoders else []), "--modes", *modes,
            "--image-size", str(image_size), "--batch-size", str(batch_size), "--steps", str(steps),
-           "--repeats", str(repeats), "--precision", precision, "--devices", str(devices)]
-    rows, reason = _run_child(cmd, _child_env(backend, devices))
+           "--repeats", str(repeats), "--precision", precision, "--devices", str(devices),
+           *(["--jit-compile"] if label in COMPILED_BACKENDS else [])]
+    rows, reason = _run_child(cmd, _child_env(module, devices))
     if rows is not None:
-        return rows
-    return [_row(backend, model, encoder, image_size, batch_size, f"error: subprocess {reason}", devices, mode=mode,
+        return [{**row, "backend": label} for row in rows]
+    return [_row(label, model, encoder, image_size, batch_size, f"error: subprocess {reason}", devices, mode=mode,
                  steps=steps, repeats=repeats, precision=precision)
             for model, encoder, _ in _plan(models, encoders) for mode in modes]
 
@@ -736,7 +749,8 @@ def _as_list(values, default):
 
 
 def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=224, batch_size=8, steps=3,
-              repeats=3, precision="fp32", backends=None, out=None, echo=print, devices=(1,), in_process=False):
+              repeats=3, precision="fp32", backends=None, out=None, echo=print, devices=(1,), in_process=False,
+              jit_compile=None):
     """Measures every model x encoder x mode on every backend; returns the rows (see `FIELDS`).
 
     Models are built with random weights (weights none) under the precision's
@@ -754,15 +768,16 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
         steps: timed steps per repeat, after the first (compiling) one.
         repeats: timed repeats; img/s is their median, with min and max.
         precision: fp32 | bf16 | fp16.
-        backends: names or a comma-separated string (jax, tensorflow, torch, torch-reference,
-            torch-reference-channels_last); None = the current backend only. Other backends run in a child
-            process; an unknown or uninstalled one gives a row with that status.
+        backends: names or a comma-separated string (jax, tensorflow, torch, torch-compile = torch with
+            jit_compile=True, torch-reference, torch-reference-channels_last); None = the current backend only.
+            Other backends run in a child process; an unknown or uninstalled one gives a row with that status.
         out: folder for bench.csv, bench.md and bench.png (nothing written when None).
         echo: called with the markdown table.
         devices: data-parallel device counts, one row each (the batch is the global batch). Counts above 1
             run in a child process; on a CPU-only machine JAX then exposes that many host devices. Other
             backends get a row saying they run on one device.
         in_process: measure every device count of the current backend in this process (the child's mode).
+        jit_compile: the `jit_compile` of the current backend's rows (a `COMPILED_BACKENDS` child's mode).
     """
     import keras
 
@@ -778,7 +793,7 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
     rows = []
     for backend in backends:
         status = bad_precision or (f"unknown mode {bad_mode!r}; valid: {', '.join(MODES)}" if bad_mode else None)
-        module = "torch" if backend in REFERENCE_BACKENDS else backend
+        module = "torch" if backend in REFERENCE_BACKENDS else COMPILED_BACKENDS.get(backend, backend)
         if backend not in ALL_BACKENDS:
             status = f"unknown backend {backend!r}; valid: {', '.join(ALL_BACKENDS)}"
         elif module != current and importlib.util.find_spec(module) is None:
@@ -789,10 +804,14 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
             if why:
                 rows += [_row(backend, model, encoder, image_size, batch_size, why, count, mode=mode, **common)
                          for model, encoder, _ in plan for mode in modes]
+            elif backend in COMPILED_BACKENDS:
+                rows += _measure_subprocess(backend, models, encoders, modes, image_size, batch_size, steps, count,
+                                            repeats, precision)
             elif backend in REFERENCE_BACKENDS:
                 rows += _measure_reference(backend, plan, modes, image_size, batch_size, steps, repeats, precision)
             elif backend == current and (count == 1 or in_process):
-                rows += _measure_here(backend, plan, modes, image_size, batch_size, steps, count, repeats, precision)
+                rows += _measure_here(backend, plan, modes, image_size, batch_size, steps, count, repeats, precision,
+                                      jit_compile)
             else:
                 rows += _measure_subprocess(backend, models, encoders, modes, image_size, batch_size, steps, count,
                                             repeats, precision)
@@ -845,6 +864,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="folder for bench.csv, bench.md and bench.png")
     parser.add_argument("--devices", default="1", help="comma-separated data-parallel device counts")
     parser.add_argument("--json", action="store_true", help="print rows as one JSON line (for the parent process)")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the steps (a torch-compile child)")
     args = parser.parse_args(argv)
     kwargs = dict(models=args.models, encoders=args.encoders, modes=args.modes, image_size=args.image_size,
                   batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, precision=args.precision,
@@ -858,7 +878,8 @@ def main(argv=None):
     saved_stdout = os.dup(1)
     os.dup2(2, 1)
     try:
-        rows = run_bench(**kwargs, echo=lambda *a, **k: None, devices=[int(args.devices)], in_process=True)
+        rows = run_bench(**kwargs, echo=lambda *a, **k: None, devices=[int(args.devices)], in_process=True,
+                         jit_compile=True if args.jit_compile else None)
     finally:
         sys.stdout.flush()
         os.dup2(saved_stdout, 1)

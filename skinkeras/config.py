@@ -144,6 +144,8 @@ class TrainConfig(BaseConfig):
         cache: input cache folder written by `prepare` (read instead of decoding the image files).
         precision: fp32 | bf16 | fp16 compute precision (Keras mixed policies; outputs, losses and metrics
             stay float32; fp16 adds dynamic loss scaling).
+        jit_compile: Keras' `jit_compile` of the train step: None = "auto" (XLA on JAX / TensorFlow, eager on
+            torch), True (torch: `torch.compile`), False (TensorFlow: no XLA).
     """
 
     task: typing.ClassVar[str] = ""
@@ -167,6 +169,7 @@ class TrainConfig(BaseConfig):
     devices: str | int = "auto"
     cache: str | None = None
     precision: str = "fp32"
+    jit_compile: bool | None = None
 
     def check(self):
         _devices(self)

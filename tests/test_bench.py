@@ -109,6 +109,26 @@ def test_status_rows_for_unknown_backend_model_mode_and_missing_reference():
     assert "unknown mode 'warp'" in odd[0]["status"]
 
 
+def test_jit_compile_reaches_keras_compile_and_torch_compile_rows_ask_for_it(monkeypatch):
+    """torch-compile rows come from a torch child started with --jit-compile (not run here: a compiled model's
+    first step takes minutes on a CPU); the training configs hand jit_compile to Keras' compile."""
+    from skinkeras.segmentation.train import compile_segmentation
+
+    calls = []
+    monkeypatch.setattr(bench, "_run_child", lambda cmd, env: (calls.append((cmd, env)), ([{"backend": "torch"}],
+                                                                                          None))[1])
+    rows = bench.run_bench(models=["unet"], modes=["train"], image_size=32, batch_size=2, backends="torch-compile",
+                           echo=quiet)
+    (cmd, env), = calls
+    assert "--jit-compile" in cmd and env["KERAS_BACKEND"] == "torch" and rows == [{"backend": "torch-compile"}]
+    arch, cfg = bench._config("unet", "mobilenetv2", 32, 2, jit_compile=True)
+    assert cfg.jit_compile is True
+    assert compile_segmentation(bench._build(arch, cfg, "fp32")[0], cfg).jit_compile is True
+    _, auto = bench._config("unet", "mobilenetv2", 32, 2)
+    assert compile_segmentation(bench._build(arch, auto, "fp32")[0], auto).jit_compile == (
+        keras.backend.backend() != "torch")  # Keras' auto: XLA on JAX / TensorFlow, eager on torch
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the reference needs torch")
 def test_torch_reference_row(tmp_path):
     rows = bench.run_bench(models=["tdbn"], encoders=["densenet121"], modes=["train", "input"], image_size=32,

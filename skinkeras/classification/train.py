@@ -36,6 +36,7 @@ def compile_classifier(model, cfg, num_classes):
         loss=keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight"),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), BalancedAccuracy(num_classes),
                           keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2_accuracy")],
+        jit_compile="auto" if cfg.jit_compile is None else cfg.jit_compile,
     )
     return model
 

@@ -67,6 +67,7 @@ def compile_segmentation(model, cfg):
         loss={name: BCEDiceLoss(reduction="mean_with_sample_weight") for name in names},
         loss_weights={name: weights[name] for name in names},
         weighted_metrics={MASK: [DiceCoefficient(name=f"{prefix}dice"), JaccardIndex(name=f"{prefix}jaccard")]},
+        jit_compile="auto" if cfg.jit_compile is None else cfg.jit_compile,
     )
     return model
 

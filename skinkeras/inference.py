@@ -73,10 +73,10 @@ def predict_masks(model, images, batch_size=8):
     images = np.asarray(images, dtype="float32")
     count = len(images)
     placement = _single_process_placement()
-    if placement.distributed:
-        # Padded to a multiple of the device count and trimmed: every image is predicted exactly once.
-        images = np.concatenate([images, np.repeat(images[-1:], placement.padded_length(count) - count, axis=0)])
-        batch_size = placement.padded_length(batch_size)
+    batch_size = placement.padded_length(batch_size)
+    # Padded to whole batches (of a multiple of the device count) and trimmed: every image is predicted exactly
+    # once, and a short last batch does not compile the predict step a second time (JAX, TensorFlow).
+    images = np.concatenate([images, np.repeat(images[-1:], -count % batch_size, axis=0)])
     out = model.predict(images, batch_size=batch_size, verbose=0)
     if isinstance(out, dict):
         out = out[contract_of(model).output]
@@ -241,9 +241,8 @@ def predict_probabilities(model, arrays, labels, rows, batch_size=16, progress=F
         progress: show Keras' progress bar.
     """
     dataset = classifier_dataset(model, arrays, labels, batch_size, rows)
-    placement = _single_process_placement()
-    if placement.distributed:
-        dataset.distribute(placement, training=False)  # padded, then trimmed below
+    # Padded to whole batches, then trimmed below: one compile of the predict step.
+    dataset.distribute(_single_process_placement(), training=False)
     return np.asarray(model.predict(dataset, verbose=1 if progress else 0))[: len(rows)]
 
 

@@ -24,9 +24,10 @@ from skinkeras.models.contract import SEGMENTED
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 IDS_CSV = "ids.csv"
-SEGMENTATION_DATASETS = ("isic2018",)
-CLASSIFICATION_DATASETS = ("ham10000", "isic2019")
-DATASETS = SEGMENTATION_DATASETS + CLASSIFICATION_DATASETS
+# The sets `prepare` reads (the external PH2 / ISIC 2017 sets of `skinkeras.data.sets` are not cached).
+CACHED_SEGMENTATION_SETS = ("isic2018",)
+CACHED_CLASSIFICATION_SETS = ("ham10000", "isic2019")
+DATASETS = CACHED_SEGMENTATION_SETS + CACHED_CLASSIFICATION_SETS
 RESIZE_METHOD = ("images: skinkeras.data.pipeline.resize_rgb (PIL bilinear, uint8 RGB); "
                  "masks: skinkeras.data.masks.resize_mask (nearest, > 128 binarised)")
 # Array names: the segmented images' and masks' are the names they have everywhere else (contract, SEGDIR).
@@ -259,7 +260,7 @@ def _sources(dataset, data_dir, images, masks, seg_dir, subset):
     from skinkeras.data.classification import as_folder_list
 
     folders = as_folder_list(images)
-    if dataset in SEGMENTATION_DATASETS:
+    if dataset in CACHED_SEGMENTATION_SETS:
         from skinkeras.data.isic2018 import find_pairs
 
         if len(folders) > 1:
@@ -267,7 +268,7 @@ def _sources(dataset, data_dir, images, masks, seg_dir, subset):
         pairs, problems = find_pairs(data_dir, folders[0] if folders else None, masks, subset)
         ids = pd.DataFrame({"image_id": [p.image_id for p in pairs]})
         return ids, {IMAGES: [p.image_path for p in pairs], MASKS: [p.mask_path for p in pairs]}, problems
-    if dataset not in CLASSIFICATION_DATASETS:
+    if dataset not in CACHED_CLASSIFICATION_SETS:
         raise ValueError(f"Unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     from skinkeras.data import ham10000, isic2019
     from skinkeras.data.segdir import SegDir
@@ -384,7 +385,7 @@ def prepare_cache(out, dataset, image_size, data_dir=None, images=None, masks=No
                     IMAGES: [os.path.abspath(f) for f in (images if isinstance(images, (list, tuple))
                                                             else [images] if images else [])],
                     MASKS: masks and os.path.abspath(masks), "seg_dir": seg_dir and os.path.abspath(seg_dir),
-                    "subset": subset if dataset in SEGMENTATION_DATASETS else None},
+                    "subset": subset if dataset in CACHED_SEGMENTATION_SETS else None},
         "files": int(sum(len(p) for p in views.values())),
         "files_sha256": files_hash(pd.read_csv(os.path.join(out, IDS_CSV), dtype={"image_id": str},
                                                keep_default_na=False)),

@@ -258,11 +258,13 @@ class AugmentedDataset(keras.utils.PyDataset):
     def distribute(self, placement, training):
         """Lays the batches out for a data-parallel `placement` (`skinkeras.distribute`); returns self.
 
-        A training set drops its short last batch (a batch must split evenly over the devices, and every
-        training batch keeps the same size). Any other set is padded, by repeating its last sample, to a
-        multiple of the device count, and the padded samples get weight 0 (a third element of each batch),
-        so metrics count every sample exactly once; `real` is the number before padding, for trimming
-        predictions. Each process yields only its share of every global batch.
+        A training set on several devices drops its short last batch (a batch must split evenly over the
+        devices, and every training batch keeps the same size); on one device it keeps it, as Keras does.
+        Any other set is padded, by repeating its last sample, to whole batches, and the padded samples get
+        weight 0 (a third element of each batch), so metrics and losses count every sample exactly once;
+        `real` is the number before padding, for trimming predictions. Whole batches also mean one compile of
+        the test and predict steps under JAX and TensorFlow: a short last batch would compile them a second
+        time (minutes for the paper's TDBN). Each process yields only its share of every global batch.
 
         Args:
             placement: `skinkeras.distribute.Placement`.
@@ -283,7 +285,7 @@ class AugmentedDataset(keras.utils.PyDataset):
 
     @property
     def _padded(self):
-        return self.placement is not None and self.placement.distributed and not self.training
+        return self.placement is not None and not self.training
 
     def _order(self):
         order = np.arange(self.size) if self.plan is None else np.asarray(self.plan(self.epoch))
@@ -291,7 +293,8 @@ class AugmentedDataset(keras.utils.PyDataset):
             order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
         self.real = len(order)
         if self._padded and len(order):
-            extra = self.placement.padded_length(len(order)) - len(order)
+            # whole batches (the batch size is a multiple of the device count, see `distribute`)
+            extra = -len(order) % self.batch_size
             order = np.concatenate([order, np.repeat(order[-1:], extra)])
         return order
 

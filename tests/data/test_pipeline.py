@@ -152,9 +152,13 @@ def test_evaluation_is_padded_with_weight_zero_and_covers_every_sample_once():
     np.testing.assert_array_equal(weights, [1, 1, 1, 1, 1, 1, 1, 0])
     seen = np.concatenate([b[0] for b in batches])[weights > 0]
     np.testing.assert_array_equal(seen, images)
-    # One device: the batches are as before, without weights.
+    # One device: whole batches too (a short one would compile the test step again), the padding weighing 0.
     plain = SegmentationDataset(images, masks, batch_size=3).distribute(Placement("jax", 1), training=False)
-    assert len(plain) == 3 and len(plain[2]) == 2 and len(plain[2][0]) == 1
+    assert len(plain) == 3 and [len(plain[i][0]) for i in range(3)] == [3, 3, 3]
+    np.testing.assert_array_equal(np.concatenate([plain[i][2] for i in range(3)]), [1] * 7 + [0, 0])
+    # Training on one device keeps its short last batch, without weights.
+    train = SegmentationDataset(images, masks, batch_size=3).distribute(Placement("jax", 1), training=True)
+    assert [len(train[i][0]) for i in range(len(train))] == [3, 3, 1] and len(train[0]) == 2
 
 
 def test_a_training_batch_that_does_not_split_is_refused():

@@ -258,13 +258,14 @@ class AugmentedDataset(keras.utils.PyDataset):
     def distribute(self, placement, training):
         """Lays the batches out for a data-parallel `placement` (`skinkeras.distribute`); returns self.
 
-        A training set on several devices drops its short last batch (a batch must split evenly over the
-        devices, and every training batch keeps the same size); on one device it keeps it, as Keras does.
-        Any other set is padded, by repeating its last sample, to whole batches, and the padded samples get
-        weight 0 (a third element of each batch), so metrics and losses count every sample exactly once;
-        `real` is the number before padding, for trimming predictions. Whole batches also mean one compile of
-        the test and predict steps under JAX and TensorFlow: a short last batch would compile them a second
-        time (minutes for the paper's TDBN). Each process yields only its share of every global batch.
+        Every batch is then whole, because under JAX and TensorFlow a short last batch compiles the train,
+        test or predict step a second time (minutes for the paper's TDBN), and on several devices a batch
+        must split evenly. A training set fills its last batch with the first samples of the epoch's order
+        (they are seen twice that epoch; the next epoch reshuffles), so no sample is left out and the step
+        count stays Keras' ceil(N / batch). Any other set is padded, by repeating its last sample, and the
+        padded samples get weight 0 (a third element of each batch), so metrics and losses count every
+        sample exactly once; `real` is the number before padding, for trimming predictions. Each process
+        yields only its share of every global batch.
 
         Args:
             placement: `skinkeras.distribute.Placement`.
@@ -278,8 +279,8 @@ class AugmentedDataset(keras.utils.PyDataset):
             else:
                 self.batch_size = placement.padded_length(self.batch_size)
         self.order = self._order()
-        if training and placement.distributed and len(self) == 0:
-            raise ValueError(f"the training split has {len(self.order)} samples, fewer than one batch of "
+        if training and placement.distributed and self.real < self.batch_size:
+            raise ValueError(f"the training split has {self.real} samples, fewer than one batch of "
                              f"{self.batch_size} over {placement.devices} devices; lower --batch-size")
         return self
 
@@ -287,14 +288,20 @@ class AugmentedDataset(keras.utils.PyDataset):
     def _padded(self):
         return self.placement is not None and not self.training
 
+    @property
+    def _filled(self):
+        return self.placement is not None and self.training
+
     def _order(self):
         order = np.arange(self.size) if self.plan is None else np.asarray(self.plan(self.epoch))
         if self.shuffle:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
         self.real = len(order)
-        if self._padded and len(order):
-            # whole batches (the batch size is a multiple of the device count, see `distribute`)
-            extra = -len(order) % self.batch_size
+        extra = -len(order) % self.batch_size
+        if self._filled and len(order):
+            order = np.resize(order, len(order) + extra)  # wraps to the start of the order
+        elif self._padded and len(order):
+            # the batch size is a multiple of the device count, see `distribute`
             order = np.concatenate([order, np.repeat(order[-1:], extra)])
         return order
 
@@ -344,8 +351,6 @@ class AugmentedDataset(keras.utils.PyDataset):
         return self._local([draw_augmentation(rng, self.flip_prob, self.max_rotation) for _ in range(count)])
 
     def __len__(self):
-        if self.training and self.placement is not None and self.placement.distributed:
-            return len(self.order) // self.batch_size
         return math.ceil(len(self.order) / self.batch_size)
 
     def on_epoch_end(self):

@@ -127,10 +127,10 @@ def test_processes_yield_their_share_of_the_same_augmented_global_batch():
     one = SegmentationDataset(images, masks, **common).distribute(Placement("jax", 1), training=True)
     shares = [SegmentationDataset(images, masks, **common).distribute(
         Placement("jax", devices=2, num_processes=2, process_id=k), training=True) for k in (0, 1)]
-    # 10 images in global batches of 4 on 2 devices: the short last batch is dropped in training.
-    assert len(one) == 3 and [len(s) for s in shares] == [2, 2]
+    # 10 images in global batches of 4 on 2 devices: the last training batch is filled from the epoch's start.
+    assert len(one) == 3 and [len(s) for s in shares] == [3, 3]
     for epoch in range(2):
-        for index in range(2):
+        for index in range(3):
             x, y = one[index]
             parts = [s[index] for s in shares]
             assert [len(p[0]) for p in parts] == [2, 2]
@@ -156,9 +156,17 @@ def test_evaluation_is_padded_with_weight_zero_and_covers_every_sample_once():
     plain = SegmentationDataset(images, masks, batch_size=3).distribute(Placement("jax", 1), training=False)
     assert len(plain) == 3 and [len(plain[i][0]) for i in range(3)] == [3, 3, 3]
     np.testing.assert_array_equal(np.concatenate([plain[i][2] for i in range(3)]), [1] * 7 + [0, 0])
-    # Training on one device keeps its short last batch, without weights.
-    train = SegmentationDataset(images, masks, batch_size=3).distribute(Placement("jax", 1), training=True)
-    assert [len(train[i][0]) for i in range(len(train))] == [3, 3, 1] and len(train[0]) == 2
+    # Training: whole batches without weights, the last one filled with the epoch's first samples, every
+    # sample seen; the next epoch reshuffles (and fills with its own first samples).
+    train = SegmentationDataset(images, masks, batch_size=3, shuffle=True, seed=1).distribute(Placement("jax", 1),
+                                                                                             training=True)
+    for _ in range(2):
+        batches = [train[i] for i in range(len(train))]
+        assert [len(b[0]) for b in batches] == [3, 3, 3] and {len(b) for b in batches} == {2}
+        np.testing.assert_array_equal(train.order[7:], train.order[:2])
+        assert sorted(train.order[:7]) == list(range(7))
+        np.testing.assert_array_equal(batches[2][0], images[train.order[6:9]].astype(np.float32))
+        train.on_epoch_end()
 
 
 def test_a_training_batch_that_does_not_split_is_refused():

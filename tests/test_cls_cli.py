@@ -2,13 +2,11 @@
 a classifier that generalises to unseen lesions."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from cli import cli
 
@@ -24,18 +22,12 @@ def ok(*args):
 @pytest.fixture(scope="module")
 def ham(tmp_path_factory):
     """Synthetic HAM10000 plus a SEGDIR of original x ground-truth mask, as `segment` would write it."""
+    from skinkeras.data.ham10000 import ground_truth_segdir
     from skinkeras.data.synthetic import make_synthetic
 
     root = tmp_path_factory.mktemp("ham")
     data = make_synthetic(root, n=160, seed=1, image_size=(96, 72), datasets=("ham10000",))["ham10000"]
-    seg = root / "seg" / "segmented"
-    seg.mkdir(parents=True)
-    masks = os.path.join(data, "HAM10000_segmentations_lesion_tschandl")
-    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
-        for name in os.listdir(os.path.join(data, part)):
-            image = np.asarray(Image.open(os.path.join(data, part, name)).convert("RGB"))
-            mask = np.asarray(Image.open(os.path.join(masks, name.replace(".jpg", "_segmentation.png")))) > 128
-            Image.fromarray(image * mask[..., None].astype(np.uint8)).save(seg / name, quality=95)
+    ground_truth_segdir(data, root / "seg")
     return {"data": data, "seg": root / "seg"}
 
 

@@ -106,3 +106,23 @@ def load_ham10000(data_dir=None, images=None, metadata_csv=None):
     folders = find_image_folders(data_dir, images)
     df, missing = attach_images(df, folders)
     return finish_records(df), problems + missing
+
+
+def ground_truth_segdir(data_dir, out, images=None):
+    """Writes a SEGDIR of HAM10000 images times their own lesion masks (`MASK_FOLDER`).
+
+    Args:
+        data_dir: HAM10000 folder with `HAM10000_metadata.csv` and `MASK_FOLDER`.
+        out: the SEGDIR to write.
+        images: image folder(s) instead of the official ones.
+
+    Returns:
+        (the `SegDir`, skipped [(image_id, reason)]).
+    """
+    from skinkeras.data.segdir import write_ground_truth
+
+    mask_folder = os.path.join(data_dir, MASK_FOLDER)
+    if not os.path.isdir(mask_folder):
+        raise FileNotFoundError(f"{mask_folder}: no HAM10000 lesion masks; download the masks (Tschandl et al.) there")
+    records, _ = load_ham10000(data_dir, images)
+    return write_ground_truth(out, records, mask_folder)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from skinkeras.data.classification import drop_duplicate_ids, finish_records
-from skinkeras.data.isic2018 import ISIC_ID, IMAGE_EXTENSIONS, Pair
+from skinkeras.data.isic2018 import ISIC_ID, IMAGE_EXTENSIONS, find_pairs
 from skinkeras.data.metadata import record_metadata
 
 CLASSES = ("melanoma", "seborrheic_keratosis", "nevus")
@@ -202,21 +202,4 @@ def isic2017_pairs(data_dir, subset="test"):
     if not os.path.isdir(masks):
         raise FileNotFoundError(f"{data_dir}: no {os.path.basename(masks)}/ folder (ISIC 2017 Part 1 masks, "
                                 f"subset {subset})")
-    images = index_images(paths["image_dir"])
-    if not images:
-        raise ValueError(f"No ISIC_xxxxxxx images in {paths['image_dir']}")
-    mask_files = {}
-    for name in os.listdir(masks):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() in IMAGE_EXTENSIONS and stem.endswith("_segmentation"):
-            mask_files.setdefault(stem[: -len("_segmentation")], os.path.join(masks, name))
-    pairs, problems = [], []
-    for image_id, path in images.items():
-        mask = mask_files.get(image_id)
-        if mask is None:
-            problems.append((path, f"no mask for {image_id} in {masks} (expected {image_id}_segmentation.png)"))
-        else:
-            pairs.append(Pair(image_id, path, mask))
-    if not pairs:
-        raise ValueError(f"No image in {paths['image_dir']} has a mask in {masks} (expected ID_segmentation.png)")
-    return pairs, problems
+    return find_pairs(images=paths["image_dir"], masks=masks, select=ISIC_ID.fullmatch)

@@ -75,7 +75,7 @@ def official_dirs(data_dir, subset="train"):
     return images, masks
 
 
-def find_pairs(data_dir=None, images=None, masks=None, subset="train", require_masks=True):
+def find_pairs(data_dir=None, images=None, masks=None, subset="train", require_masks=True, select=None):
     """Pairs images with their lesion masks by id.
 
     Either `data_dir` in the ISIC 2018 Task 1 layout, or `images` (+ `masks`)
@@ -88,6 +88,8 @@ def find_pairs(data_dir=None, images=None, masks=None, subset="train", require_m
         masks: plain mask folder (with images).
         subset: official subset when data_dir is given: "train", "val" or "test".
         require_masks: images without a mask are reported as problems (else kept with mask_path None).
+        select: keep only the images whose file stem it accepts (e.g. ISIC 2017's exact ids: its superpixel
+            PNGs share the image folder and are no images).
 
     Returns:
         (pairs, problems): the list of `Pair` sorted by id, and a list of
@@ -97,7 +99,8 @@ def find_pairs(data_dir=None, images=None, masks=None, subset="train", require_m
         images, masks = official_dirs(data_dir, subset)
     if images is None:
         raise ValueError("Give --data-dir DIR (ISIC 2018 layout) or --images DIR [--masks DIR]")
-    image_files = list_images(images)
+    image_files = [p for p in list_images(images)
+                   if select is None or select(os.path.splitext(os.path.basename(p))[0])]
     if not image_files:
         raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {images}")
     mask_index = {}

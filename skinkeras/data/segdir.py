@@ -80,3 +80,32 @@ class SegDir:
         tmp = path + ".tmp.jpg"
         Image.fromarray(segmented_image(image, mask)).save(tmp, quality=JPEG_QUALITY)
         os.replace(tmp, path)  # a half-written file must not count as done on the next run
+
+
+def write_ground_truth(out, records, mask_folder):
+    """Writes a SEGDIR from a dataset's own lesion masks instead of predicted ones.
+
+    The classifiers then see segmented images of reference quality: the upper bound of the TDBN's
+    segmented branch (paper Figure 2 with a perfect segmenter), and a fixture that needs no trained model.
+
+    Args:
+        out: the SEGDIR to write.
+        records: rows with `image_id` and `image_path` (a dataset reader's records).
+        mask_folder: folder of `ID_segmentation.png` masks (resized to their image where sizes differ).
+
+    Returns:
+        (the `SegDir`, skipped [(image_id, reason)] for images whose mask is missing or unreadable).
+    """
+    from skinkeras.data.masks import read_mask, resize_mask
+    from skinkeras.data.pipeline import read_rgb
+
+    segdir, skipped = SegDir(out).create(), []
+    for image_id, image_path in zip(records["image_id"], records["image_path"]):
+        mask_path = os.path.join(mask_folder, mask_name(image_id))
+        try:
+            image = read_rgb(image_path)
+            mask = resize_mask(read_mask(mask_path), image.shape[:2]).astype(bool)
+            segdir.write(image_id, image, mask)
+        except (OSError, ValueError) as exc:
+            skipped.append((image_id, f"{mask_path}: {exc}"))
+    return segdir, skipped

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from cli import cli
 from skinkeras.data.cache import CacheError, CachedRows, open_cache, prepare_cache
@@ -29,19 +28,13 @@ def error_lines(result):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Synthetic ISIC 2018 pairs and HAM10000 with a SEGDIR (original x ground-truth mask), and caches of both."""
+    from skinkeras.data.ham10000 import ground_truth_segdir
     from skinkeras.data.synthetic import make_synthetic
 
     root = tmp_path_factory.mktemp("cache")
     folders = make_synthetic(root / "syn", n=48, seed=3, image_size=(72, 56), datasets=("isic2018", "ham10000"))
     ham = folders["ham10000"]
-    seg = root / "segdir" / "segmented"
-    seg.mkdir(parents=True)
-    masks = os.path.join(ham, "HAM10000_segmentations_lesion_tschandl")
-    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
-        for name in os.listdir(os.path.join(ham, part)):
-            image = np.asarray(Image.open(os.path.join(ham, part, name)).convert("RGB"))
-            mask = np.asarray(Image.open(os.path.join(masks, name.replace(".jpg", "_segmentation.png")))) > 128
-            Image.fromarray(image * mask[..., None].astype(np.uint8)).save(seg / name, quality=95)
+    ground_truth_segdir(ham, root / "segdir")
     seg_cache = prepare_cache(root / "seg32", "isic2018", SIZE, data_dir=folders["isic2018"], progress=False)
     ham_cache = prepare_cache(root / "ham32", "ham10000", SIZE, data_dir=ham, seg_dir=root / "segdir", progress=False)
     return {"root": root, "isic2018": folders["isic2018"], "ham": ham, "segdir": root / "segdir",

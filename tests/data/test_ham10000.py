@@ -104,3 +104,32 @@ def test_real_ham10000(shared_data):
     fractions = split["subset"].value_counts(normalize=True)
     assert fractions["train"] == pytest.approx(0.7, abs=0.01)
     assert fractions["val"] == pytest.approx(0.15, abs=0.01)
+
+
+def test_ground_truth_segdir_multiplies_each_image_by_its_own_mask(ham, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from skinkeras.data.ham10000 import MASK_FOLDER, ground_truth_segdir
+    from skinkeras.data.masks import mask_name
+
+    data = tmp_path / "ham"
+    shutil.copytree(ham, data)
+    masks = data / MASK_FOLDER
+    first, second, *_ = sorted(p.name for p in masks.iterdir())
+    (masks / first).unlink()  # no mask: skipped and listed, not fatal
+    Image.open(masks / second).resize((20, 15), Image.NEAREST).save(masks / second)  # another size: resized
+    segdir, skipped = ground_truth_segdir(data, tmp_path / "seg")
+    ids = [i for i, _ in skipped]
+    assert ids == [first.replace("_segmentation.png", "")] and first in skipped[0][1]
+    df, _ = load_ham10000(data)
+    resized = second.replace("_segmentation.png", "")
+    row = df[~df.image_id.isin([ids[0], resized])].iloc[0]
+    image = np.asarray(Image.open(row.image_path).convert("RGB")).astype(int)
+    mask = np.asarray(Image.open(masks / mask_name(row.image_id))) > 128
+    written = np.asarray(Image.open(segdir.segmented_path(row.image_id))).astype(int)
+    assert written.shape == image.shape and np.abs(written - image * mask[..., None]).mean() < 3  # JPEG q95
+    assert (np.asarray(Image.open(segdir.mask_path(row.image_id))) > 0).tolist() == mask.tolist()
+    original = df.set_index("image_id").image_path[resized]
+    assert Image.open(segdir.segmented_path(resized)).size == Image.open(original).size
+    assert sum(segdir.has(i) for i in df.image_id) == len(df) - 1

@@ -30,20 +30,14 @@ def runs(tmp_path_factory):
     """Synthetic HAM10000, its SEGDIR (original x ground-truth mask), a TDBN run, a baseline run, a seg model."""
     import keras
 
+    from skinkeras.data.ham10000 import MASK_FOLDER, ground_truth_segdir
     from skinkeras.data.synthetic import make_synthetic
     from skinkeras.models.contract import export_model
     from skinkeras.models.deep_unet import build_deep_unet
 
     root = tmp_path_factory.mktemp("explain")
     data = make_synthetic(root, n=80, seed=2, image_size=(96, 72), datasets=("ham10000",))["ham10000"]
-    seg = root / "seg" / "segmented"
-    seg.mkdir(parents=True)
-    masks = os.path.join(data, "HAM10000_segmentations_lesion_tschandl")
-    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
-        for name in os.listdir(os.path.join(data, part)):
-            image = np.asarray(Image.open(os.path.join(data, part, name)).convert("RGB"))
-            mask = np.asarray(Image.open(os.path.join(masks, name.replace(".jpg", "_segmentation.png")))) > 128
-            Image.fromarray(image * mask[..., None].astype(np.uint8)).save(seg / name, quality=95)
+    ground_truth_segdir(data, root / "seg")
     tdbn, baseline = root / "tdbn", root / "orig"
     ok("cls-train", "--data-dir", data, "--seg-dir", root / "seg", "--out", tdbn, *SMALL)
     ok("cls-train", "--data-dir", data, "--variant", "original_only", "--out", baseline, *SMALL)
@@ -52,7 +46,8 @@ def runs(tmp_path_factory):
                                                          weights=None, decoder_filters=(16, 8, 8, 8, 8),
                                                          aspp_filters=8))
     seg_model.save(root / "seg.keras")
-    return {"data": Path(data), "tdbn": tdbn, "baseline": baseline, "seg_model": root / "seg.keras", "masks": masks}
+    return {"data": Path(data), "tdbn": tdbn, "baseline": baseline, "seg_model": root / "seg.keras",
+            "masks": os.path.join(data, MASK_FOLDER)}
 
 
 def test_gradcam_writes_figure_maps_and_measures(runs, tmp_path):

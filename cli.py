@@ -78,6 +78,9 @@ def train_options(func):
         click.option("--jit-compile/--no-jit-compile", default=None,
                      help="Compile the train step: torch.compile on torch; off = no XLA on TensorFlow (default: "
                           "Keras' auto)."),
+        click.option("--data-format", type=click.Choice(DATA_FORMAT_CHOICES), default=None,
+                     help="Layout of the classifiers' CNN encoders: channels_first is torch's native one (default: "
+                          "Keras' image_data_format)."),
         click.option("--num-processes", type=int, default=None,
                      help="Processes of one multi-process run (JAX; or KERAS_DISTRIBUTION_NUM_PROCESSES)."),
         click.option("--process-id", type=int, default=None, help="This process, 0..N-1 (0 writes the run folder)."),
@@ -88,6 +91,7 @@ def train_options(func):
 devices_option = click.option("--devices", default=None,
                               help="Data-parallel devices: auto (default: every accelerator; 1 on a CPU) | N.")
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # skinkeras.precision.PRECISIONS; the CLI stays import-light
+DATA_FORMAT_CHOICES = ("channels_last", "channels_first")  # skinkeras.models.layout.FORMATS
 precision_option = click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
                                 help="Predict in fp32 | bf16 | fp16 (default: the precision the model was trained in).")
 cache_option = click.option("--cache", type=click.Path(file_okay=False), default=None,
@@ -416,8 +420,8 @@ def reproduce_cmd(tables, config_file, images, rows, external, **values):
 @click.option("--repeats", default=3, show_default=True, help="Timed repeats (median and min / max of images/s).")
 @click.option("--precision", default="fp32", show_default=True, help="fp32 | bf16 | fp16")
 @click.option("--backends", default=None,
-              help="Comma-separated: jax, tensorflow, torch, torch-compile, torch-reference, torch-reference-channels_last "
-                   "(default: the current one).")
+              help="Comma-separated: jax, tensorflow, torch, torch-compile, torch-channels_first, torch-reference, "
+                   "torch-reference-channels_last (default: the current one).")
 @click.option("--devices", default="1", show_default=True,
               help="Data-parallel device counts, comma-separated (e.g. 1,2); --batch-size is the global batch.")
 @click.option("--out", default=None, help="Folder for bench.csv, bench.md, bench.png (default runs/bench-<timestamp>).")
@@ -428,7 +432,7 @@ def bench_cmd(models, encoders, modes, image_size, batch_size, steps, repeats, p
     from skinkeras.bench import run_bench
 
     run_bench(models, encoders, modes, image_size, batch_size, steps, repeats, precision, backends,
-              out or runs.default_run_dir("bench"), echo=click.echo, devices=devices)
+              out or runs.default_run_dir("bench"), echo=click.echo, devices=devices, isolate=True)
 
 
 @cli.command("gradcam")

@@ -41,6 +41,7 @@ from skinkeras.inference import load_cls_run, load_model
 from skinkeras.models.cls_baselines import build_cls_baseline
 from skinkeras.models.contract import Contract, ExplanationTarget, SkinModel, contract_of
 from skinkeras.models.deep_unet import build_deep_unet
+from skinkeras.models.layout import data_format_scope
 from skinkeras.models.registry import architectures, build_model, get_architecture
 from skinkeras.models.seg_baselines import build_deeplabv3plus, build_unet, build_unetpp
 from skinkeras.models.tdbn import build_tdbn
@@ -71,6 +72,7 @@ __all__ = [
     "build_unet",
     "build_unetpp",
     "contract_of",
+    "data_format_scope",
     "evaluate_classification",
     "evaluate_segmentation",
     "get_architecture",

@@ -162,3 +162,24 @@ def precision_unsupported(precision):
         return None
     return ("--precision fp16 on JAX needs a GPU: XLA's CPU matrix products have no float16 kernel with float32 "
             "accumulation; use bf16 on a CPU, or the tensorflow / torch backend")
+
+
+def data_format_unsupported(data_format):
+    """Why this process's backend and device cannot run the encoders in `data_format`, or None.
+
+    Measured: TensorFlow on a CPU fails at the first NCHW convolution (`UnimplementedError`: its CPU Conv2D
+    kernels are NHWC only, eager and in graphs); torch and JAX run both layouts.
+
+    Args:
+        data_format: channels_last | channels_first, or None.
+    """
+    keras = sys.modules.get("keras")
+    backend = keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
+    if data_format != "channels_first" or backend != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return None
+    return ("channels_first on TensorFlow needs a GPU: its CPU convolutions are NHWC only; use channels_last, "
+            "or the torch / jax backend")

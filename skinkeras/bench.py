@@ -35,9 +35,12 @@ from skinkeras import bench_backend
 BACKENDS = ("jax", "tensorflow", "torch")
 # Plain-PyTorch rows: backend name -> extra arguments of the reference script.
 REFERENCE_BACKENDS = {"torch-reference": (), "torch-reference-channels_last": ("--channels-last",)}
-# Keras-backend rows with the train and predict steps compiled (`jit_compile=True`): name -> KERAS_BACKEND.
-COMPILED_BACKENDS = {"torch-compile": "torch"}
-ALL_BACKENDS = BACKENDS + tuple(COMPILED_BACKENDS) + tuple(REFERENCE_BACKENDS)
+# Keras-backend rows measured another way: name -> (KERAS_BACKEND, arguments of its child). torch-compile has
+# the train and predict steps compiled (`jit_compile=True`); torch-channels_first runs the CNN encoders in
+# torch's native NCHW layout (`skinkeras.models.layout`).
+VARIANT_BACKENDS = {"torch-compile": ("torch", ("--jit-compile",)),
+                    "torch-channels_first": ("torch", ("--data-format", "channels_first"))}
+ALL_BACKENDS = BACKENDS + tuple(VARIANT_BACKENDS) + tuple(REFERENCE_BACKENDS)
 MODES = ("train", "infer", "input")
 PRECISIONS = ("fp32", "bf16", "fp16")
 FIELDS = ("backend", "devices", "model", "encoder", "mode", "precision", "image_size", "batch_size", "steps",
@@ -571,15 +574,15 @@ def _measure_subprocess(backend, models, encoders, modes, image_size, batch_size
         devices: data-parallel devices in the child.
         repeats: timed repeats.
         precision: fp32 | bf16 | fp16.
-        label: the rows' backend name when it is not `backend` (a `COMPILED_BACKENDS` row).
+        label: the rows' backend name when it is not `backend` (a `VARIANT_BACKENDS` row).
     """
     label = label or backend
-    module = COMPILED_BACKENDS.get(label, backend)
+    module, extra = VARIANT_BACKENDS.get(label, (backend, ()))
     cmd = [sys.executable, "-m", "skinkeras.bench", "--json", "--models", *models,
            *(["--encoders", *encoders] if encoders else []), "--modes", *modes,
            "--image-size", str(image_size), "--batch-size", str(batch_size), "--steps", str(steps),
            "--repeats", str(repeats), "--precision", precision, "--devices", str(devices),
-           *(["--jit-compile"] if label in COMPILED_BACKENDS else [])]
+           *extra]
     rows, reason = _run_child(cmd, _child_env(module, devices))
     if rows is not None:
         return [{**row, "backend": label} for row in rows]
@@ -750,7 +753,7 @@ def _as_list(values, default):
 
 def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=224, batch_size=8, steps=3,
               repeats=3, precision="fp32", backends=None, out=None, echo=print, devices=(1,), in_process=False,
-              jit_compile=None):
+              jit_compile=None, isolate=False):
     """Measures every model x encoder x mode on every backend; returns the rows (see `FIELDS`).
 
     Models are built with random weights (weights none) under the precision's
@@ -769,7 +772,8 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
         repeats: timed repeats; img/s is their median, with min and max.
         precision: fp32 | bf16 | fp16.
         backends: names or a comma-separated string (jax, tensorflow, torch, torch-compile = torch with
-            jit_compile=True, torch-reference, torch-reference-channels_last); None = the current backend only.
+            jit_compile=True, torch-channels_first = torch with the encoders in NCHW, torch-reference,
+            torch-reference-channels_last); None = the current backend only.
             Other backends run in a child process; an unknown or uninstalled one gives a row with that status.
         out: folder for bench.csv, bench.md and bench.png (nothing written when None).
         echo: called with the markdown table.
@@ -777,7 +781,10 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
             run in a child process; on a CPU-only machine JAX then exposes that many host devices. Other
             backends get a row saying they run on one device.
         in_process: measure every device count of the current backend in this process (the child's mode).
-        jit_compile: the `jit_compile` of the current backend's rows (a `COMPILED_BACKENDS` child's mode).
+        jit_compile: the `jit_compile` of the current backend's rows (a torch-compile child's mode).
+        isolate: measure the current backend in a child process too (the CLI's choice): this process then
+            builds no model, so its memory does not add to the next child's and each row's peak host memory
+            is that backend's alone.
     """
     import keras
 
@@ -793,7 +800,7 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
     rows = []
     for backend in backends:
         status = bad_precision or (f"unknown mode {bad_mode!r}; valid: {', '.join(MODES)}" if bad_mode else None)
-        module = "torch" if backend in REFERENCE_BACKENDS else COMPILED_BACKENDS.get(backend, backend)
+        module = "torch" if backend in REFERENCE_BACKENDS else VARIANT_BACKENDS.get(backend, (backend,))[0]
         if backend not in ALL_BACKENDS:
             status = f"unknown backend {backend!r}; valid: {', '.join(ALL_BACKENDS)}"
         elif module != current and importlib.util.find_spec(module) is None:
@@ -804,12 +811,12 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
             if why:
                 rows += [_row(backend, model, encoder, image_size, batch_size, why, count, mode=mode, **common)
                          for model, encoder, _ in plan for mode in modes]
-            elif backend in COMPILED_BACKENDS:
+            elif backend in VARIANT_BACKENDS:
                 rows += _measure_subprocess(backend, models, encoders, modes, image_size, batch_size, steps, count,
                                             repeats, precision)
             elif backend in REFERENCE_BACKENDS:
                 rows += _measure_reference(backend, plan, modes, image_size, batch_size, steps, repeats, precision)
-            elif backend == current and (count == 1 or in_process):
+            elif backend == current and not isolate and (count == 1 or in_process):
                 rows += _measure_here(backend, plan, modes, image_size, batch_size, steps, count, repeats, precision,
                                       jit_compile)
             else:
@@ -865,7 +872,12 @@ def main(argv=None):
     parser.add_argument("--devices", default="1", help="comma-separated data-parallel device counts")
     parser.add_argument("--json", action="store_true", help="print rows as one JSON line (for the parent process)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the steps (a torch-compile child)")
+    parser.add_argument("--data-format", default=None, help="Keras image data format of the models built here")
     args = parser.parse_args(argv)
+    if args.data_format:
+        import keras
+
+        keras.config.set_image_data_format(args.data_format)  # this process only: what the builders read
     kwargs = dict(models=args.models, encoders=args.encoders, modes=args.modes, image_size=args.image_size,
                   batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, precision=args.precision,
                   backends=args.backends, out=args.out)

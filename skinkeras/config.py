@@ -146,6 +146,9 @@ class TrainConfig(BaseConfig):
             stay float32; fp16 adds dynamic loss scaling).
         jit_compile: Keras' `jit_compile` of the train step: None = "auto" (XLA on JAX / TensorFlow, eager on
             torch), True (torch: `torch.compile`), False (TensorFlow: no XLA).
+        data_format: the layout the classifiers' CNN encoders compute in: channels_last, channels_first
+            (PyTorch's native layout: no transposes around each convolution on torch), or None for Keras'
+            `image_data_format()`; inputs and outputs stay channels-last (`skinkeras.models.layout`).
     """
 
     task: typing.ClassVar[str] = ""
@@ -170,10 +173,21 @@ class TrainConfig(BaseConfig):
     cache: str | None = None
     precision: str = "fp32"
     jit_compile: bool | None = None
+    data_format: str | None = None
 
     def check(self):
         _devices(self)
         _precision(self)
+        if self.data_format is not None:
+            from skinkeras.models.layout import FORMATS
+
+            if self.data_format not in FORMATS:
+                raise ValueError(f"--data-format must be one of {', '.join(FORMATS)} (got {self.data_format!r})")
+            from skinkeras.backend_config import data_format_unsupported
+
+            reason = data_format_unsupported(self.data_format)
+            if reason:
+                raise ValueError(reason)
         _positive(self, "epochs", "batch_size", "limit", "lr_step_epochs")
         if self.image_size < 32:
             raise ValueError(f"--image-size must be at least 32 px (got {self.image_size})")

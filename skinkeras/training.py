@@ -26,6 +26,7 @@ from skinkeras import distribute, runs
 from skinkeras.config import from_json, to_json
 from skinkeras.models.common import model_size
 from skinkeras.models.contract import export_model
+from skinkeras.models.layout import data_format_scope
 from skinkeras.precision import precision_scope
 from skinkeras.runs import read_history
 
@@ -297,7 +298,7 @@ def restore_or_build(run, build):
     last = run.path(LAST)
     if history and os.path.exists(last):
         return keras.models.load_model(last, safe_mode=True), history
-    with precision_scope(run.cfg.precision):
+    with precision_scope(run.cfg.precision), data_format_scope(run.cfg.data_format):
         return build(), []
 
 

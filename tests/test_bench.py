@@ -129,6 +129,29 @@ def test_jit_compile_reaches_keras_compile_and_torch_compile_rows_ask_for_it(mon
         keras.backend.backend() != "torch")  # Keras' auto: XLA on JAX / TensorFlow, eager on torch
 
 
+def test_torch_channels_first_rows_come_from_a_child_building_in_nchw(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "_run_child", lambda cmd, env: (calls.append((cmd, env)), ([{"backend": "torch"}],
+                                                                                          None))[1])
+    rows = bench.run_bench(models=["tdbn"], modes=["infer"], image_size=32, batch_size=2,
+                           backends="torch-channels_first", echo=quiet)
+    (cmd, env), = calls
+    assert cmd[-2:] == ["--data-format", "channels_first"] and env["KERAS_BACKEND"] == "torch"
+    assert rows == [{"backend": "torch-channels_first"}]
+
+
+def test_isolate_measures_the_current_backend_in_a_child_too(monkeypatch):
+    """The CLI's bench builds no model in its own process (isolate): one child per backend, this one's included."""
+    calls = []
+    monkeypatch.setattr(bench, "_run_child", lambda cmd, env: (calls.append(env["KERAS_BACKEND"]),
+                                                               ([{"backend": env["KERAS_BACKEND"]}], None))[1])
+    monkeypatch.setattr(bench, "_measure_here", lambda *a, **k: pytest.fail("measured in the parent"))
+    current = keras.backend.backend()
+    rows = bench.run_bench(models=["unet"], modes=["train"], image_size=32, batch_size=2, backends=current,
+                           echo=quiet, isolate=True)
+    assert calls == [current] and rows == [{"backend": current}]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the reference needs torch")
 def test_torch_reference_row(tmp_path):
     rows = bench.run_bench(models=["tdbn"], encoders=["densenet121"], modes=["train", "input"], image_size=32,

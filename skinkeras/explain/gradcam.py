@@ -31,6 +31,7 @@ from PIL import Image
 
 from skinkeras.explain.gradients import class_score_gradients
 from skinkeras.models.contract import contract_of
+from skinkeras.models.layout import runs_channels_first
 from skinkeras.precision import with_precision
 
 
@@ -282,6 +283,10 @@ def cam_targets(model, layer=None):
     targets = []
     for name in encoders:
         nested, outer_in, outer_out = graph.call_of(name)
+        if runs_channels_first(nested):
+            raise ValueError(f"{name!r} computes channels_first: Grad-CAM of its inner layer {layer!r} would read "
+                             "a (B, C, h, w) map; explain the default targets (no --layer), or a model built "
+                             "channels_last")
         if len(outer_in) != 1 or len(outer_out) != 1:
             raise ValueError(f"Grad-CAM needs encoder {name!r} to take one input and give one output")
         inner = nested.get_layer(layer).output

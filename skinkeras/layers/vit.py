@@ -24,7 +24,9 @@ class PatchEmbedding(layers.Layer):
         super().__init__(**kwargs)
         self.patch_size = int(patch_size)
         self.dim = int(dim)
-        self.projection = layers.Conv2D(self.dim, self.patch_size, strides=self.patch_size, name="projection")
+        # (B, H, W, 3) images whatever the Keras image data format (only the CNN encoders follow it)
+        self.projection = layers.Conv2D(self.dim, self.patch_size, strides=self.patch_size,
+                                        data_format="channels_last", name="projection")
 
     def _grid(self, input_shape):
         h, w = input_shape[1], input_shape[2]

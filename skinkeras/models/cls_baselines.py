@@ -7,6 +7,7 @@ from skinkeras.layers import EncoderPreprocess, PatchEmbedding, SelectToken, Tra
 from skinkeras.models.contract import ORIGINAL, ExplanationTarget
 from skinkeras.models.common import BN_MOMENTUM, image_size_pair
 from skinkeras.models.encoders import normalize_weights
+from skinkeras.models.layout import CHANNELS_LAST
 from skinkeras.models.tdbn import DEFAULT_HEAD_UNITS, classification_head, classifier_model, encode_image, encoder_target
 
 # Table 2 name -> encoder table name ("vit" is built here, not from keras.applications).
@@ -132,7 +133,7 @@ def build_cls_baseline(
         target = ExplanationTarget(ORIGINAL, vit_cam_layer(int(vit_depth)), ORIGINAL, tokens=True)
     else:
         fmap = encode_image(image, CLS_ARCHS[key], weights, size, ORIGINAL, bn_momentum)
-        x = layers.GlobalAveragePooling2D(name="gap")(fmap)
+        x = layers.GlobalAveragePooling2D(data_format=CHANNELS_LAST, name="gap")(fmap)
         target = encoder_target(ORIGINAL)
     outputs = classification_head(x, num_classes, head_units, dropout, bn_momentum)
     return classifier_model({ORIGINAL: image}, outputs, f"{key}_classifier", [target], key)

@@ -6,6 +6,7 @@ from keras import layers
 from skinkeras.layers import ASPP, DepthwiseAttentionGate, SeparableDoubleConv
 from skinkeras.models.contract import AUX_OUTPUTS, IMAGE, MASK, SEGMENTATION, Contract, SkinModel
 from skinkeras.models.encoders import ENCODERS, build_encoder, encoder_features, encoder_spec, preprocess_layer
+from skinkeras.models.layout import require_channels_last
 from skinkeras.models.common import BN_MOMENTUM, image_size_pair
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
@@ -22,6 +23,7 @@ def encoder_pyramid(inputs, encoder_name, weights, image_size, levels=None, bn_m
         levels: indices of the maps to return (default all five); the encoder is cut after the deepest.
         bn_momentum: momentum of the encoder's BatchNormalization layers.
     """
+    require_channels_last("The segmentation models")
     if not encoder_spec(encoder_name).segmentation:
         valid = ", ".join(name for name, spec in ENCODERS.items() if spec.segmentation)
         raise ValueError(f"Encoder {encoder_name!r} has no stride-aligned skips for segmentation; valid: {valid}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import keras
 
 from skinkeras.layers.preprocess import EncoderPreprocess
+from skinkeras.models.layout import CHANNELS_FIRST, CHANNELS_LAST, channels_first_copy, data_format, data_format_scope
 
 _EFFNET_SKIPS = (
     "block2a_expand_activation",
@@ -120,8 +121,23 @@ def build_encoder(name, input_shape, weights=None, model_name=None, bn_momentum=
             values); BatchNormalization's config carries it, so a saved model keeps it.
 
     Returns:
-        The encoder `keras.Model` (input: preprocessed pixels).
+        The encoder `keras.Model` (input: preprocessed pixels), channels-last; under Keras' channels_first
+        image data format a copy with the same weights and layer names on (B, 3, H, W) inputs
+        (`skinkeras.models.layout`).
     """
+    channels_first = data_format() == CHANNELS_FIRST
+    if channels_first:
+        from skinkeras.backend_config import data_format_unsupported
+
+        reason = data_format_unsupported(CHANNELS_FIRST)
+        if reason:
+            raise ValueError(reason)
+    with data_format_scope(CHANNELS_LAST):  # keras.applications' DenseNet refuses channels_first
+        encoder = _build_channels_last(name, input_shape, weights, model_name, bn_momentum)
+    return channels_first_copy(encoder) if channels_first else encoder
+
+
+def _build_channels_last(name, input_shape, weights, model_name, bn_momentum):
     spec = encoder_spec(name)
     weights = normalize_weights(weights)
     ctor = getattr(keras.applications, spec.constructor)

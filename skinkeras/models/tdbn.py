@@ -25,20 +25,33 @@ from skinkeras.models.contract import (
 )
 from skinkeras.models.common import BN_MOMENTUM, image_size_pair
 from skinkeras.models.encoders import build_encoder, encoder_spec
+from skinkeras.models.layout import CHANNELS_FIRST, CHANNELS_LAST, data_format
 
 VARIANTS = ("tdbn", "tdbn_no_meta", "original_only", "segmented_only")
 METADATA_ENCODERS = ("mlp", "transformer")
 DEFAULT_HEAD_UNITS = (512, 128)
 
 
+def feature_layer(branch):
+    """Name of the top-level layer that gives a branch's (B, h, w, C) stride-32 map.
+
+    The nested `{branch}_encoder` itself, or under the channels_first format the transpose of its NCHW output
+    back to channels-last, `{branch}_features` (`encode_image`).
+
+    Args:
+        branch: ORIGINAL or SEGMENTED.
+    """
+    return f"{branch}_features" if data_format() == CHANNELS_FIRST else f"{branch}_encoder"
+
+
 def encoder_target(branch, keys_only=False):
-    """The Grad-CAM target of an image branch: the output of its nested `{branch}_encoder` (stride 32).
+    """The Grad-CAM target of an image branch: its stride-32 encoder map (`feature_layer`).
 
     Args:
         branch: ORIGINAL or SEGMENTED.
         keys_only: the branch reaches the score only as attention keys.
     """
-    return ExplanationTarget(branch, f"{branch}_encoder", branch, keys_only=keys_only)
+    return ExplanationTarget(branch, feature_layer(branch), branch, keys_only=keys_only)
 
 
 def classifier_model(inputs, outputs, name, targets, arch):
@@ -60,6 +73,9 @@ def encode_image(inputs, encoder, weights, size, branch, bn_momentum=BN_MOMENTUM
 
     The encoder is a nested model named `{branch}_encoder` (its output is the
     stride-32 map, the Grad-CAM target); preprocessing is `{branch}_preprocess`.
+    Under Keras' channels_first format the encoder runs on NCHW between two
+    transposes, `{branch}_to_channels_first` and `{branch}_features`, so the
+    map is channels-last either way (`skinkeras.models.layout`).
 
     Args:
         inputs: image Input (0-255 RGB).
@@ -73,7 +89,10 @@ def encode_image(inputs, encoder, weights, size, branch, bn_momentum=BN_MOMENTUM
     model = build_encoder(encoder, (*size, 3), weights=weights, model_name=f"{branch}_encoder",
                           bn_momentum=bn_momentum)
     x = EncoderPreprocess(spec.preprocess, name=f"{branch}_preprocess")(inputs)
-    return model(x)
+    if data_format() != CHANNELS_FIRST:
+        return model(x)
+    x = layers.Permute((3, 1, 2), name=f"{branch}_to_channels_first")(x)
+    return layers.Permute((2, 3, 1), name=feature_layer(branch))(model(x))
 
 
 def dense_bn_relu_dropout(x, units, dropout, name, bn_momentum=BN_MOMENTUM):
@@ -196,7 +215,7 @@ def build_tdbn(
         branch = variant.split("_")[0]
         image = keras.Input((*size, 3), name=branch)
         fmap = encode_image(image, encoder, weights, size, branch, bn_momentum)
-        x = layers.GlobalAveragePooling2D(name="gap")(fmap)
+        x = layers.GlobalAveragePooling2D(data_format=CHANNELS_LAST, name="gap")(fmap)
         outputs = classification_head(x, num_classes, head_units, dropout, bn_momentum)
         return classifier_model({branch: image}, outputs, f"{str(encoder).lower()}_{variant}",
                                 [encoder_target(branch)], variant)
@@ -210,7 +229,7 @@ def build_tdbn(
     x = CrossAttentionBlock(num_heads, key_dim, ffn_dim, attention_dropout, name="cross_attention")(
         [tokens[ORIGINAL], tokens[SEGMENTED]]
     )
-    x = layers.GlobalAveragePooling1D(name="token_pool")(x)
+    x = layers.GlobalAveragePooling1D(data_format=CHANNELS_LAST, name="token_pool")(x)
     dim = int(projection_dim) if projection_dim else channels
     vision = dense_bn_relu_dropout(x, dim, dropout, "vision_projection", bn_momentum)
     # The segmented tokens are only the attention keys (Eq. 5-6): Grad-CAM weights vanish there.

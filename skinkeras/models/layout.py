@@ -4,9 +4,10 @@ Every model takes and returns channels-last tensors (the data pipeline's (B, H, 
 feature maps, Grad-CAM maps). Under `keras.config.image_data_format() == "channels_first"` the classifiers'
 `keras.applications` encoders run in NCHW instead, between one transpose in and one out. That is the layout
 PyTorch's convolutions use natively: with channels_last, Keras' torch backend transposes around every
-convolution (27% of a DenseNet121 forward on this CPU, in `aten::copy_`). keras.applications refuses to build a
-DenseNet under channels_first (its ImageNet files were once dimension-ordered), although in Keras 3 a kernel
-has the same shape in both formats: the encoder is built channels-last, with its weights, and cloned.
+convolution (34% of a DenseNet121 forward on a 2-core CPU went to `aten::copy_`, 12% channels_first; the full
+TDBN at 224 px then infers 1.3x faster and trains as fast, RESULTS.md "Speed"). keras.applications refuses to
+build a DenseNet under channels_first (its ImageNet files were once dimension-ordered), although in Keras 3 a
+kernel has the same shape in both formats: the encoder is built channels-last, with its weights, and cloned.
 """
 
 import contextlib

@@ -143,6 +143,12 @@ def enable_jax_compilation_cache():
     return folder
 
 
+def _current_backend():
+    """The backend Keras chose (env or keras.json) once it is imported, else the one KERAS_BACKEND names."""
+    keras = sys.modules.get("keras")
+    return keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def precision_unsupported(precision):
     """Why this process's backend and device cannot compute in `precision` (a --precision value), or None.
 
@@ -152,9 +158,7 @@ def precision_unsupported(precision):
     Args:
         precision: fp32 | bf16 | fp16, or None.
     """
-    keras = sys.modules.get("keras")  # the backend Keras chose (env or keras.json), once it is imported
-    backend = keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
-    if precision != "fp16" or backend != "jax":
+    if precision != "fp16" or _current_backend() != "jax":
         return None
     import jax
 
@@ -173,16 +177,11 @@ def data_format_unsupported(data_format):
     Args:
         data_format: channels_last | channels_first, or None.
     """
-    keras = sys.modules.get("keras")
-    backend = keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
-    if data_format != "channels_first" or backend != "tensorflow":
+    if data_format != "channels_first" or _current_backend() != "tensorflow":
         return None
-    import keras
+    from skinkeras.distribute import tensorflow_gpus
 
-    try:
-        if keras.distribution.list_devices("gpu"):
-            return None
-    except Exception:  # noqa: BLE001  (no GPU platform at all)
-        pass
+    if tensorflow_gpus():
+        return None
     return ("channels_first on TensorFlow needs a GPU: its CPU convolutions are NHWC only; use channels_last, "
             "or the torch / jax backend")

@@ -161,7 +161,7 @@ def configure(devices="auto", echo=print):
             raise ValueError(f"several processes need KERAS_BACKEND=jax: keras {keras.__version__} distributes "
                              f"only JAX ({backend} runs one process)")
         note = None
-        gpus = len(_tensorflow_gpus()) if wanted == "auto" and backend == "tensorflow" else 0
+        gpus = len(tensorflow_gpus()) if wanted == "auto" and backend == "tensorflow" else 0
         if gpus > 1:
             wanted = gpus
         if wanted != "auto" and wanted > 1:
@@ -175,7 +175,8 @@ def configure(devices="auto", echo=print):
     return _current
 
 
-def _tensorflow_gpus():
+def tensorflow_gpus():
+    """The GPUs Keras sees under TensorFlow ([] without a GPU platform)."""
     try:
         return keras.distribution.list_devices("gpu")
     except Exception:  # no GPU platform at all

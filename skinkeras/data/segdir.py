@@ -12,7 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from skinkeras.data.masks import mask_name, write_mask
+from skinkeras.data.masks import mask_name, read_mask, resize_mask, write_mask
+from skinkeras.data.pipeline import read_rgb
 from skinkeras.models.contract import SEGMENTED
 
 MASKS_DIR = "masks"
@@ -96,9 +97,6 @@ def write_ground_truth(out, records, mask_folder):
     Returns:
         (the `SegDir`, skipped [(image_id, reason)] for images whose mask is missing or unreadable).
     """
-    from skinkeras.data.masks import read_mask, resize_mask
-    from skinkeras.data.pipeline import read_rgb
-
     segdir, skipped = SegDir(out).create(), []
     for image_id, image_path in zip(records["image_id"], records["image_path"]):
         mask_path = os.path.join(mask_folder, mask_name(image_id))

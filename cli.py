@@ -376,6 +376,8 @@ def seg_otsu_cmd(images, out):
 @click.option("--rows", default=None, help="Only these rows, comma-separated architecture names.")
 @click.option("--external", multiple=True, help="NAME=DIR of an external set (ph2, isic2017): extra columns.")
 @click.option("--batch-size", type=int, default=None, help="Prediction batch size of the evaluations.")
+@click.option("--cache/--no-cache", default=None,
+              help="Read the rows' inputs from caches under OUT/cache, each set decoded once (default on).")
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples (default 1000).")
 @click.option("--seed", type=int, default=None)
 @devices_option

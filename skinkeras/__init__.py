@@ -32,7 +32,7 @@ from skinkeras.config import (
     SegmentConfig,
     SegTrainConfig,
 )
-from skinkeras.data.cache import open_cache, prepare_cache
+from skinkeras.data.cache import ensure_cache, open_cache, prepare_cache
 from skinkeras.data.synthetic import make_synthetic
 from skinkeras.explain.cam_report import gradcam
 from skinkeras.explain.gradcam import grad_cam
@@ -73,6 +73,7 @@ __all__ = [
     "build_unetpp",
     "contract_of",
     "data_format_scope",
+    "ensure_cache",
     "evaluate_classification",
     "evaluate_segmentation",
     "get_architecture",

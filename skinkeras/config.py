@@ -607,6 +607,8 @@ class ReproduceConfig(BaseConfig):
         seed: seed of every run and of the bootstrap.
         batch_size: prediction batch size of the evaluations.
         devices: data-parallel devices (auto or N).
+        cache: read every row's inputs from input caches under OUT/cache, each set decoded once (False: decode
+            the image files in every run).
     """
 
     tables: list
@@ -636,6 +638,7 @@ class ReproduceConfig(BaseConfig):
     seed: int = 0
     batch_size: int = 8
     devices: str | int = "auto"
+    cache: bool = True
 
     def check(self):
         from skinkeras.data.sets import EXTERNAL_DATASETS, SEGMENTATION_DATASETS

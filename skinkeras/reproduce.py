@@ -7,6 +7,7 @@ recorded as failed and the others go on. The paper's values come from `experimen
 
 Layout of OUT:
     reproduce.json              the resolved settings
+    cache/<set>-<size>[-segmented]/   input caches (`prepare`'s layout), each set decoded once for every row
     runs/seg-<arch>/            Table 1 training runs        evals/seg-<arch>/   their seg-eval
     segdir/                     the classification set segmented by the Table 1 Deep-UNet (Figure 2)
     runs/cls-<arch>/            Table 2 / 3 training runs    evals/cls-<arch>/   their cls-eval on the test split
@@ -32,6 +33,8 @@ TABLES = ("table1", "table2", "table3")
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 SEGMENTER = "deep_unet"  # the Table 1 model whose masks make the segmented images (paper 4.1.3)
+CACHE_DIR = "cache"
+SEG_TRAIN_SET = "isic2018"  # the layout `find_pairs` reads Table 1's training pairs in (or plain folders)
 
 
 def paper_tables(path=PAPER_TABLES):
@@ -62,18 +65,77 @@ def _overrides(cfg):
             if getattr(cfg, k) is not None}
 
 
-def seg_config(cfg, arch):
-    """The SegTrainConfig of a Table 1 row."""
+def seg_config(cfg, arch, cache=None):
+    """The SegTrainConfig of a Table 1 row.
+
+    Args:
+        cfg: `ReproduceConfig`.
+        arch: the row's architecture.
+        cache: input cache of the training pairs (`seg_cache`), or None.
+    """
     values = {**dict(data_dir=cfg.seg_data_dir, images=cfg.seg_images, masks=cfg.seg_masks),
-              **cfg.segmentation, **_overrides(cfg), "arch": arch, "out": _seg_run(cfg, arch)}
+              **cfg.segmentation, **_overrides(cfg), "arch": arch, "out": _seg_run(cfg, arch), "cache": cache}
     return SegTrainConfig.from_dict({k: v for k, v in values.items() if v is not None})
 
 
-def cls_config(cfg, arch, seg_dir=None):
-    """The ClsTrainConfig of a Table 2 / 3 row."""
+def cls_config(cfg, arch, seg_dir=None, cache=None):
+    """The ClsTrainConfig of a Table 2 / 3 row.
+
+    Args:
+        cfg: `ReproduceConfig`.
+        arch: the row's architecture.
+        seg_dir: SEGDIR of the segmented images (rows that read them).
+        cache: input cache of the classification set (`cls_cache`), or None.
+    """
     values = {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "images": cfg.images, "seg_dir": seg_dir,
-              **cfg.classification, **_overrides(cfg), "arch": arch, "out": _cls_run(cfg, arch)}
+              **cfg.classification, **_overrides(cfg), "arch": arch, "out": _cls_run(cfg, arch), "cache": cache}
     return ClsTrainConfig.from_dict({k: v for k, v in values.items() if v is not None})
+
+
+def seg_cache(cfg, progress=True):
+    """The input cache of Table 1's training pairs, OUT/cache/isic2018-<size>: made once, then reused.
+
+    Args:
+        cfg: `ReproduceConfig`.
+        progress: show a progress bar while preparing.
+
+    Returns:
+        Its folder, or None when `cfg.cache` is off.
+    """
+    if not cfg.cache:
+        return None
+    from skinkeras.data.cache import ensure_cache
+
+    size = seg_config(cfg, SEGMENTER).image_size
+    path = os.path.join(cfg.out, CACHE_DIR, f"{SEG_TRAIN_SET}-{size}")
+    ensure_cache(path, SEG_TRAIN_SET, size, data_dir=cfg.seg_data_dir, images=cfg.seg_images, masks=cfg.seg_masks,
+                 progress=progress)
+    return path
+
+
+def cls_cache(cfg, seg_dir=None, progress=True):
+    """The input cache of the classification set, OUT/cache/<dataset>-<size>[-segmented]: made once, reused.
+
+    Rows without the segmented branch get a cache of the originals alone, so they need no SEGDIR; the others
+    one with the segmented images of `seg_dir` beside them (prepared again if the SEGDIR's files change).
+
+    Args:
+        cfg: `ReproduceConfig`.
+        seg_dir: SEGDIR whose segmented images the rows read, or None.
+        progress: show a progress bar while preparing.
+
+    Returns:
+        Its folder, or None when `cfg.cache` is off.
+    """
+    if not cfg.cache:
+        return None
+    from skinkeras.data.cache import ensure_cache
+
+    size = cls_config(cfg, "original_only").image_size
+    path = os.path.join(cfg.out, CACHE_DIR, f"{cfg.dataset}-{size}" + ("-segmented" if seg_dir else ""))
+    ensure_cache(path, cfg.dataset, size, data_dir=cfg.data_dir, images=cfg.images, seg_dir=seg_dir,
+                 progress=progress)
+    return path
 
 
 def check_rows(cfg):
@@ -143,8 +205,9 @@ def train_row(train, run_cfg, progress=True):
     if os.path.isfile(saved_path):
         # A row is its folder: a folder made with other settings is not this row (resuming would keep its settings).
         saved, asked = runs.read_json(saved_path), dataclasses.asdict(run_cfg)
-        changed = sorted(k for k in asked
-                         if k not in ("epochs", "devices", "out") and not _same(saved.get(k, asked[k]), asked[k]))
+        # The cache holds the same pixels the files decode to (`prepare`), so reading it is the same row.
+        changed = sorted(k for k in asked if k not in ("epochs", "devices", "out", "cache")
+                         and not _same(saved.get(k, asked[k]), asked[k]))
         if changed:
             was = ", ".join(f"{k}={saved[k]!r}" for k in changed)
             now = ", ".join(f"{k}={asked[k]!r}" for k in changed)
@@ -173,7 +236,7 @@ def segmented_images(cfg, progress=True):
     from skinkeras.classification.records import load_cls_records
     from skinkeras.segmentation.train import train_segmentation
 
-    seg_cfg = seg_config(cfg, SEGMENTER)
+    seg_cfg = seg_config(cfg, SEGMENTER, seg_cache(cfg, progress))
     train_row(train_segmentation, seg_cfg, progress)
     records, _ = load_cls_records(cls_config(cfg, "original_only"), needs_segmented=False)
     out = os.path.join(cfg.out, "segdir")
@@ -230,7 +293,7 @@ def run_segmentation_row(cfg, arch, label, progress=True):
     from skinkeras.segmentation.evaluate import seg_eval_model
     from skinkeras.segmentation.train import train_segmentation
 
-    run_cfg = seg_config(cfg, arch)
+    run_cfg = seg_config(cfg, arch, seg_cache(cfg, progress))
     state = train_row(train_segmentation, run_cfg, progress)
     model = os.path.join(run_cfg.out, "best.keras")
     record = {**_row_record("table1", arch, label, "segmentation", run_cfg.out), "training": state}
@@ -257,14 +320,16 @@ def run_classification_row(cfg, table, arch, label, seg_dir, progress=True):
     from skinkeras.models.registry import get_architecture
 
     needs_segmented = get_architecture(arch, "classification").needs_segmented
-    run_cfg = cls_config(cfg, arch, seg_dir if needs_segmented else None)
+    seg_dir = seg_dir if needs_segmented else None
+    cache = cls_cache(cfg, seg_dir, progress)
+    run_cfg = cls_config(cfg, arch, seg_dir, cache)
     state = train_row(train_classification, run_cfg, progress)
     model = os.path.join(run_cfg.out, "best.keras")
     record = {**_row_record(table, arch, label, "classification", run_cfg.out), "training": state}
     out = _eval_dir(cfg, "cls", arch)
     if not _fresh(out, model):
         cls_eval(model, out, "test", batch_size=cfg.batch_size, progress=progress, bootstrap=cfg.bootstrap,
-                 seed=cfg.seed)
+                 seed=cfg.seed, cache=cache)
     metrics = runs.read_json(os.path.join(out, "metrics.json"))
     _scores(record, metrics, ("accuracy", "balanced_accuracy", "auc_macro", "melanoma_auc", "top2_accuracy"))
     record.update(images=metrics.get("images"), eval=os.path.abspath(out))

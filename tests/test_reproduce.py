@@ -80,6 +80,15 @@ def test_every_row_beside_the_paper_with_intervals(reproduced):
     # The TDBN read segmented images made by the Table 1 Deep-UNet of this same run.
     config = json.loads((out / "runs" / "cls-tdbn" / "config.json").read_text())
     assert config["seg_dir"] == str(out / "segdir") and (out / "segdir" / "segmented").is_dir()
+    # Every row read its inputs from a cache under OUT/cache, each set decoded once: the Table 1 pairs, the
+    # HAM10000 originals, and the originals with their segmented twins for the rows that read both.
+    caches = {"seg-deep_unet": "isic2018-32", "cls-original_only": "ham10000-32", "cls-tdbn": "ham10000-32-segmented"}
+    for run, cache in caches.items():
+        assert json.loads((out / "runs" / run / "config.json").read_text())["cache"] == str(out / "cache" / cache)
+    manifests = {c: json.loads((out / "cache" / c / "manifest.json").read_text()) for c in caches.values()}
+    assert manifests["isic2018-32"]["arrays"] == {"images": [12, 32, 32, 3], "masks": [12, 32, 32, 1]}
+    assert manifests["ham10000-32"]["arrays"] == {"images": [28, 32, 32, 3]}
+    assert set(manifests["ham10000-32-segmented"]["arrays"]) == {"images", "segmented"}
     md = (out / "results.md").read_text()
     assert "| Deep-UNet (Ours) | 91.17 |" in md and "| Dual-Network (With Metadata) | 93.47 |" in md
     assert "mobilenetv2, 32 px, 1 ep, weights none" in md and "ph2 melanoma AUC" in md
@@ -88,17 +97,21 @@ def test_every_row_beside_the_paper_with_intervals(reproduced):
 def test_rerun_keeps_finished_rows_and_more_epochs_resume_them(reproduced):
     out, args, _ = reproduced
     stamp = (out / "runs" / "cls-tdbn" / "best.keras").stat().st_mtime
-    again = invoke(*args)
+    # Without the cache the rows are the same rows (the cache holds the pixels the files decode to): all kept.
+    again = invoke(*args, "--no-cache")
     assert again.exit_code == 0, again.output
     results = pd.read_csv(out / "results.csv").set_index("row")
     assert set(results.training) == {"kept"}
     assert (out / "runs" / "cls-tdbn" / "best.keras").stat().st_mtime == stamp
+    cache_stamp = (out / "cache" / "isic2018-32" / "manifest.json").stat().st_mtime_ns
     # A larger --epochs continues the segmentation row from its last epoch instead of starting over.
     more = [a if a != 1 else 2 for a in args]
     more[more.index("--rows") + 1] = "deep_unet"
     assert invoke(*more[:more.index("--external")], "--out", out).exit_code == 0
     history = pd.read_csv(out / "runs" / "seg-deep_unet" / "history.csv")
     assert list(history.epoch) == [1, 2]
+    # ...reading the cache the first run made, not a new one.
+    assert (out / "cache" / "isic2018-32" / "manifest.json").stat().st_mtime_ns == cache_stamp
     assert pd.read_csv(out / "results.csv").set_index("row").loc["deep_unet", "training"] == "resumed"
     # Other settings for a finished row's folder: that row fails in one line (recorded), the command exits 1.
     other = [*more[:more.index("--external")], "--out", out]

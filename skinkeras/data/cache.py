@@ -11,6 +11,7 @@ the fix) when a run would read other files, at another size or of another datase
 so a cache without one is an interrupted prepare and is refused.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -283,11 +284,15 @@ def _sources(dataset, data_dir, images, masks, seg_dir, subset):
     return df[["image_id", "lesion_id", "label", "dx"]].copy(), views, problems
 
 
+def _refuse_foreign(out):
+    foreign = sorted(set(os.listdir(out)) - _OWN_FILES) if os.path.isdir(out) else []
+    if foreign:
+        raise FileExistsError(f"{out} holds other files ({foreign[0]}, ...), not a cache; choose a new --out")
+
+
 def _empty_folder_for(out):
     if os.path.isdir(out):
-        foreign = sorted(set(os.listdir(out)) - _OWN_FILES)
-        if foreign:
-            raise FileExistsError(f"{out} holds other files ({foreign[0]}, ...), not a cache; choose a new --out")
+        _refuse_foreign(out)
         # Dropping the old manifest first: if this prepare is interrupted, the folder reads as incomplete.
         for name in (MANIFEST, MANIFEST + ".tmp"):
             if os.path.exists(os.path.join(out, name)):
@@ -397,3 +402,62 @@ def prepare_cache(out, dataset, image_size, data_dir=None, images=None, masks=No
         json.dump(manifest, f, indent=2)
     os.replace(tmp, os.path.join(out, MANIFEST))  # last: its presence means every array row was written
     return open_cache(out)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock on `path` (a file beside the cache) where the platform has `fcntl`."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; two runs must not prepare the same folder at once
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _holds(cache, dataset, image_size, ids, views):
+    """Whether `cache` holds exactly these images (same ids, files, sizes and mtimes), views and size."""
+    if set(cache.arrays) != set(views) or len(cache) != len(ids):
+        return False
+    try:
+        cache.check(dataset, image_size, list(ids["image_id"]), views)
+    except CacheError:
+        return False
+    return True
+
+
+def ensure_cache(out, dataset, image_size, data_dir=None, images=None, masks=None, seg_dir=None, subset="train",
+                 progress=True, workers=2):
+    """The cache at `out` when it holds exactly these inputs at this size, else one prepared there anew.
+
+    What `reproduce` calls for every row: the first row decodes the set once, later rows and resumed runs reuse
+    it, and a source file changed since (size or mtime), another file list or another size makes it prepare
+    again instead of refusing. Two processes asking for the same folder at once take turns (a lock file beside
+    it), so the second one reuses what the first prepared.
+
+    Args:
+        out: cache folder (absent, an earlier cache, or an incomplete one).
+        dataset, image_size, data_dir, images, masks, seg_dir, subset, progress, workers: as `prepare_cache`.
+
+    Returns:
+        (`InputCache`, whether it was prepared by this call).
+    """
+    out = os.fspath(out)
+    _refuse_foreign(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with _locked(out + ".lock"):
+        ids, views, _ = _sources(dataset, data_dir, images, masks, seg_dir, subset)
+        if os.path.isfile(os.path.join(out, MANIFEST)):
+            try:
+                cache = open_cache(out)
+            except CacheError:
+                cache = None
+            if cache is not None and _holds(cache, dataset, image_size, ids, views):
+                return cache, False
+        return prepare_cache(out, dataset, image_size, data_dir, images, masks, seg_dir, subset, progress,
+                             workers), True

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from skinkeras.data.cache import CacheError, CachedRows, open_cache, prepare_cache
+from skinkeras.data.cache import CacheError, CachedRows, ensure_cache, open_cache, prepare_cache
 
 SIZE = 32
 
@@ -148,3 +148,29 @@ def test_prepare_writes_arrays_and_the_manifest(data, tmp_path):
     result = run_cli("prepare", "--dataset", "isic2018", "--data-dir", data["isic2018"], "--image-size", SIZE,
                      "--out", data["isic2018"])
     assert result.exit_code != 0 and "not a cache" in result.output
+
+
+def test_ensure_cache_reuses_a_fitting_cache_and_prepares_again_when_a_file_changes(data, tmp_path):
+    copy = tmp_path / "ham"
+    shutil.copytree(data["ham"], copy)
+    out = tmp_path / "c"
+    cache, made = ensure_cache(out, "ham10000", SIZE, data_dir=copy, progress=False)
+    assert made and len(cache) == 48 and set(cache.arrays) == {"images"}
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    again, made = ensure_cache(out, "ham10000", SIZE, data_dir=copy, progress=False)
+    assert not made and (out / "manifest.json").stat().st_mtime_ns == stamp
+    # A source file rewritten since: prepared again, and the new pixels are the file's.
+    from PIL import Image
+
+    changed = cache.ids.image_path.iloc[3]
+    Image.new("RGB", (72, 56), (200, 10, 10)).save(changed, quality=95)
+    fresh, made = ensure_cache(out, "ham10000", SIZE, data_dir=copy, progress=False)
+    assert made
+    row = fresh.check("ham10000", SIZE, [fresh.ids.image_id.iloc[3]], {"images": [changed]}).view("images")[0]
+    assert abs(int(row[..., 0].mean()) - 200) <= 3 and int(row[..., 2].mean()) <= 13
+    # Another size, or the segmented images beside the originals: another cache, prepared in its place.
+    _, made = ensure_cache(out, "ham10000", SIZE + 8, data_dir=copy, progress=False)
+    assert made and open_cache(out).image_size == SIZE + 8
+    # A folder that is not a cache is never overwritten.
+    with pytest.raises(FileExistsError, match="not a cache"):
+        ensure_cache(copy, "ham10000", SIZE, data_dir=copy, progress=False)

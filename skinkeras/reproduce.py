@@ -224,6 +224,13 @@ def _fresh(eval_dir, model_path):
     return os.path.isfile(metrics) and os.path.getmtime(metrics) >= os.path.getmtime(model_path)
 
 
+def _done(run_cfg, eval_dir=None):
+    """Whether a row needs its inputs no more: its run is finished and (if given) its evaluation is fresh."""
+    model = os.path.join(run_cfg.out, "best.keras")
+    return _finished(run_cfg.out, run_cfg.epochs) and (eval_dir is None or (os.path.isfile(model)
+                                                                           and _fresh(eval_dir, model)))
+
+
 def segmented_images(cfg, progress=True):
     """The SEGDIR of the classification set: the user's, or made here with the Table 1 Deep-UNet.
 
@@ -236,7 +243,10 @@ def segmented_images(cfg, progress=True):
     from skinkeras.classification.records import load_cls_records
     from skinkeras.segmentation.train import train_segmentation
 
-    seg_cfg = seg_config(cfg, SEGMENTER, seg_cache(cfg, progress))
+    seg_cfg = seg_config(cfg, SEGMENTER)
+    # A finished row reads nothing, so its cache is not prepared (or checked against the files) at all.
+    if not _done(seg_cfg):
+        seg_cfg = seg_config(cfg, SEGMENTER, seg_cache(cfg, progress))
     train_row(train_segmentation, seg_cfg, progress)
     records, _ = load_cls_records(cls_config(cfg, "original_only"), needs_segmented=False)
     out = os.path.join(cfg.out, "segdir")
@@ -293,7 +303,9 @@ def run_segmentation_row(cfg, arch, label, progress=True):
     from skinkeras.segmentation.evaluate import seg_eval_model
     from skinkeras.segmentation.train import train_segmentation
 
-    run_cfg = seg_config(cfg, arch, seg_cache(cfg, progress))
+    run_cfg = seg_config(cfg, arch)
+    if not _done(run_cfg):
+        run_cfg = seg_config(cfg, arch, seg_cache(cfg, progress))
     state = train_row(train_segmentation, run_cfg, progress)
     model = os.path.join(run_cfg.out, "best.keras")
     record = {**_row_record("table1", arch, label, "segmentation", run_cfg.out), "training": state}
@@ -321,12 +333,13 @@ def run_classification_row(cfg, table, arch, label, seg_dir, progress=True):
 
     needs_segmented = get_architecture(arch, "classification").needs_segmented
     seg_dir = seg_dir if needs_segmented else None
-    cache = cls_cache(cfg, seg_dir, progress)
+    out = _eval_dir(cfg, "cls", arch)
+    run_cfg = cls_config(cfg, arch, seg_dir)
+    cache = None if _done(run_cfg, out) else cls_cache(cfg, seg_dir, progress)
     run_cfg = cls_config(cfg, arch, seg_dir, cache)
     state = train_row(train_classification, run_cfg, progress)
     model = os.path.join(run_cfg.out, "best.keras")
     record = {**_row_record(table, arch, label, "classification", run_cfg.out), "training": state}
-    out = _eval_dir(cfg, "cls", arch)
     if not _fresh(out, model):
         cls_eval(model, out, "test", batch_size=cfg.batch_size, progress=progress, bootstrap=cfg.bootstrap,
                  seed=cfg.seed, cache=cache)

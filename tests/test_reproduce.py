@@ -1,6 +1,7 @@
 """`reproduce` end to end on the synthetic set: Table 1 and Table 3 rows, paper beside ours, intervals, resume."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -97,13 +98,17 @@ def test_every_row_beside_the_paper_with_intervals(reproduced):
 def test_rerun_keeps_finished_rows_and_more_epochs_resume_them(reproduced):
     out, args, _ = reproduced
     stamp = (out / "runs" / "cls-tdbn" / "best.keras").stat().st_mtime
+    cache_stamp = (out / "cache" / "isic2018-32" / "manifest.json").stat().st_mtime_ns
     # Without the cache the rows are the same rows (the cache holds the pixels the files decode to): all kept.
     again = invoke(*args, "--no-cache")
     assert again.exit_code == 0, again.output
     results = pd.read_csv(out / "results.csv").set_index("row")
     assert set(results.training) == {"kept"}
     assert (out / "runs" / "cls-tdbn" / "best.keras").stat().st_mtime == stamp
-    cache_stamp = (out / "cache" / "isic2018-32" / "manifest.json").stat().st_mtime_ns
+    # With it, finished rows read nothing: no cache is prepared or rewritten, even after one was removed.
+    shutil.rmtree(out / "cache" / "ham10000-32")
+    assert invoke(*args).exit_code == 0
+    assert not (out / "cache" / "ham10000-32").exists()
     # A larger --epochs continues the segmentation row from its last epoch instead of starting over.
     more = [a if a != 1 else 2 for a in args]
     more[more.index("--rows") + 1] = "deep_unet"

@@ -65,38 +65,37 @@ def _overrides(cfg):
             if getattr(cfg, k) is not None}
 
 
-def seg_config(cfg, arch, cache=None):
+def seg_config(cfg, arch):
     """The SegTrainConfig of a Table 1 row.
 
     Args:
         cfg: `ReproduceConfig`.
         arch: the row's architecture.
-        cache: input cache of the training pairs (`seg_cache`), or None.
     """
     values = {**dict(data_dir=cfg.seg_data_dir, images=cfg.seg_images, masks=cfg.seg_masks),
-              **cfg.segmentation, **_overrides(cfg), "arch": arch, "out": _seg_run(cfg, arch), "cache": cache}
+              **cfg.segmentation, **_overrides(cfg), "arch": arch, "out": _seg_run(cfg, arch)}
     return SegTrainConfig.from_dict({k: v for k, v in values.items() if v is not None})
 
 
-def cls_config(cfg, arch, seg_dir=None, cache=None):
+def cls_config(cfg, arch, seg_dir=None):
     """The ClsTrainConfig of a Table 2 / 3 row.
 
     Args:
         cfg: `ReproduceConfig`.
         arch: the row's architecture.
         seg_dir: SEGDIR of the segmented images (rows that read them).
-        cache: input cache of the classification set (`cls_cache`), or None.
     """
     values = {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "images": cfg.images, "seg_dir": seg_dir,
-              **cfg.classification, **_overrides(cfg), "arch": arch, "out": _cls_run(cfg, arch), "cache": cache}
+              **cfg.classification, **_overrides(cfg), "arch": arch, "out": _cls_run(cfg, arch)}
     return ClsTrainConfig.from_dict({k: v for k, v in values.items() if v is not None})
 
 
-def seg_cache(cfg, progress=True):
+def seg_cache(cfg, size, progress=True):
     """The input cache of Table 1's training pairs, OUT/cache/isic2018-<size>: made once, then reused.
 
     Args:
         cfg: `ReproduceConfig`.
+        size: the row's input size in px.
         progress: show a progress bar while preparing.
 
     Returns:
@@ -106,14 +105,13 @@ def seg_cache(cfg, progress=True):
         return None
     from skinkeras.data.cache import ensure_cache
 
-    size = seg_config(cfg, SEGMENTER).image_size
     path = os.path.join(cfg.out, CACHE_DIR, f"{SEG_TRAIN_SET}-{size}")
     ensure_cache(path, SEG_TRAIN_SET, size, data_dir=cfg.seg_data_dir, images=cfg.seg_images, masks=cfg.seg_masks,
                  progress=progress)
     return path
 
 
-def cls_cache(cfg, seg_dir=None, progress=True):
+def cls_cache(cfg, size, seg_dir=None, progress=True):
     """The input cache of the classification set, OUT/cache/<dataset>-<size>[-segmented]: made once, reused.
 
     Rows without the segmented branch get a cache of the originals alone, so they need no SEGDIR; the others
@@ -121,6 +119,7 @@ def cls_cache(cfg, seg_dir=None, progress=True):
 
     Args:
         cfg: `ReproduceConfig`.
+        size: the row's input size in px.
         seg_dir: SEGDIR whose segmented images the rows read, or None.
         progress: show a progress bar while preparing.
 
@@ -131,7 +130,6 @@ def cls_cache(cfg, seg_dir=None, progress=True):
         return None
     from skinkeras.data.cache import ensure_cache
 
-    size = cls_config(cfg, "original_only").image_size
     path = os.path.join(cfg.out, CACHE_DIR, f"{cfg.dataset}-{size}" + ("-segmented" if seg_dir else ""))
     ensure_cache(path, cfg.dataset, size, data_dir=cfg.data_dir, images=cfg.images, seg_dir=seg_dir,
                  progress=progress)
@@ -246,7 +244,7 @@ def segmented_images(cfg, progress=True):
     seg_cfg = seg_config(cfg, SEGMENTER)
     # A finished row reads nothing, so its cache is not prepared (or checked against the files) at all.
     if not _done(seg_cfg):
-        seg_cfg = seg_config(cfg, SEGMENTER, seg_cache(cfg, progress))
+        seg_cfg = dataclasses.replace(seg_cfg, cache=seg_cache(cfg, seg_cfg.image_size, progress))
     train_row(train_segmentation, seg_cfg, progress)
     records, _ = load_cls_records(cls_config(cfg, "original_only"), needs_segmented=False)
     out = os.path.join(cfg.out, "segdir")
@@ -305,7 +303,7 @@ def run_segmentation_row(cfg, arch, label, progress=True):
 
     run_cfg = seg_config(cfg, arch)
     if not _done(run_cfg):
-        run_cfg = seg_config(cfg, arch, seg_cache(cfg, progress))
+        run_cfg = dataclasses.replace(run_cfg, cache=seg_cache(cfg, run_cfg.image_size, progress))
     state = train_row(train_segmentation, run_cfg, progress)
     model = os.path.join(run_cfg.out, "best.keras")
     record = {**_row_record("table1", arch, label, "segmentation", run_cfg.out), "training": state}
@@ -335,8 +333,8 @@ def run_classification_row(cfg, table, arch, label, seg_dir, progress=True):
     seg_dir = seg_dir if needs_segmented else None
     out = _eval_dir(cfg, "cls", arch)
     run_cfg = cls_config(cfg, arch, seg_dir)
-    cache = None if _done(run_cfg, out) else cls_cache(cfg, seg_dir, progress)
-    run_cfg = cls_config(cfg, arch, seg_dir, cache)
+    cache = None if _done(run_cfg, out) else cls_cache(cfg, run_cfg.image_size, seg_dir, progress)
+    run_cfg = dataclasses.replace(run_cfg, cache=cache)
     state = train_row(train_classification, run_cfg, progress)
     model = os.path.join(run_cfg.out, "best.keras")
     record = {**_row_record(table, arch, label, "classification", run_cfg.out), "training": state}

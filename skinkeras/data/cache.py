@@ -301,7 +301,7 @@ def _empty_folder_for(out):
 
 
 def prepare_cache(out, dataset, image_size, data_dir=None, images=None, masks=None, seg_dir=None, subset="train",
-                  progress=True, workers=2):
+                  progress=True, workers=2, listed=None):
     """Decodes and resizes every input of a dataset once into memory-mapped arrays; returns the `InputCache`.
 
     The decode is the JPEG path's own (`load_pair` for image/mask pairs, `load_rgb` for classifier images), so
@@ -320,6 +320,7 @@ def prepare_cache(out, dataset, image_size, data_dir=None, images=None, masks=No
         subset: official subset of an isic2018 data_dir: train, val or test.
         progress: show a progress bar.
         workers: decoding threads.
+        listed: (ids, views, problems) of these sources when the caller has already listed them (`ensure_cache`).
     """
     import keras
 
@@ -330,7 +331,7 @@ def prepare_cache(out, dataset, image_size, data_dir=None, images=None, masks=No
     size = (int(image_size), int(image_size))
     if size[0] < 32:
         raise ValueError(f"--image-size must be at least 32 px (got {image_size})")
-    ids, views, problems = _sources(dataset, data_dir, images, masks, seg_dir, subset)
+    ids, views, problems = listed or _sources(dataset, data_dir, images, masks, seg_dir, subset)
     _empty_folder_for(out)
     n = len(ids)
     arrays = {name: np.lib.format.open_memmap(os.path.join(out, f"{name}.npy"), mode="w+", dtype=np.uint8,
@@ -451,7 +452,8 @@ def ensure_cache(out, dataset, image_size, data_dir=None, images=None, masks=Non
     _refuse_foreign(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with _locked(out + ".lock"):
-        ids, views, _ = _sources(dataset, data_dir, images, masks, seg_dir, subset)
+        listed = _sources(dataset, data_dir, images, masks, seg_dir, subset)
+        ids, views, _ = listed
         if os.path.isfile(os.path.join(out, MANIFEST)):
             try:
                 cache = open_cache(out)
@@ -460,4 +462,4 @@ def ensure_cache(out, dataset, image_size, data_dir=None, images=None, masks=Non
             if cache is not None and _holds(cache, dataset, image_size, ids, views):
                 return cache, False
         return prepare_cache(out, dataset, image_size, data_dir, images, masks, seg_dir, subset, progress,
-                             workers), True
+                             workers, listed), True

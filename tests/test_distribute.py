@@ -5,10 +5,17 @@ Under JAX the test session exposes 2 CPU devices (JAX_NUM_CPU_DEVICES=2, set in 
 commands still use one ("auto" is one device on a CPU).
 
 Tolerances: the devices add their gradients and batch statistics in another order (the all-reduce), and
-Adam turns the last-bit differences of tiny gradients into differences of up to the learning rate, which
-grow step by step. With a learning rate of 1e-5 over 3 steps we measured: training loss within 1.2e-4
-(relative), validation loss and scores within 1e-6, weights within 4.1e-5 (absolute, a moving variance).
-Asserted: 1e-3 on the training loss, 1e-4 on validation, 1e-4 on weights.
+the backends' kernels round differently from one CPU to another (another blocking for another cache size).
+Training-mode BatchNorm divides by the batch deviation of nearly constant channels at initialisation and Adam
+turns last-bit differences of tiny gradients into steps of the full learning rate, so the *training* loss of
+later steps follows rounding chaotically: with a learning rate of 1e-5, the third step's training loss was
+within 1.2e-4 (relative) on our machine and 2.1e-3 on the CI machine, where the one-device run itself came out
+2e-3 from ours (CI of stop 21). What is not chaotic, and asserted tightly: the first step's training loss
+(the same weights on the same global batch; 2.4e-6 on CI), the validation loss and scores after every step
+(inference-mode BatchNorm; within 1e-6 here), the weights (Adam moves each by at most 1e-5 a step; we
+measured 4.1e-5 on a moving variance near 1). Asserted: 2e-5 on the first training loss and accuracy,
+2e-2 on the later losses (a wrong split fails the first step), 1e-4 on validation, 1e-4 on weights plus 1e-3
+relative on the BatchNorm moving statistics.
 """
 
 import dataclasses
@@ -34,7 +41,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.backend
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution distributes JAX only")
 
-TRAIN_RTOL, VAL_RTOL, WEIGHT_ATOL = 1e-3, 1e-4, 1e-4
+FIRST_STEP_RTOL, TRAIN_RTOL, VAL_RTOL, WEIGHT_ATOL, STATS_RTOL = 2e-5, 2e-2, 1e-4, 1e-4, 1e-3
 
 
 @pytest.fixture(autouse=True)
@@ -74,17 +81,24 @@ def one_device_run(synthetic, tmp_path_factory):
 
 def _weights(path):
     model = keras.models.load_model(path, compile=False)
-    return [np.asarray(w) for w in model.weights]
+    return {w.path: np.asarray(w) for w in model.weights}
 
 
 def _assert_same_training(run_a, run_b):
     rows_a, rows_b = read_history(f"{run_a}/history.csv"), read_history(f"{run_b}/history.csv")
     assert len(rows_a) == len(rows_b) == 3
-    for key in ("loss", "accuracy", "val_loss", "val_balanced_accuracy", "val_top2_accuracy"):
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(rows_b[0][key], rows_a[0][key], rtol=FIRST_STEP_RTOL, err_msg=f"first {key}")
+    # Later training accuracies are left out: one flipped training prediction of a chaotic step moves them.
+    for key in ("loss", "val_loss", "val_balanced_accuracy", "val_top2_accuracy"):
         np.testing.assert_allclose([r[key] for r in rows_b], [r[key] for r in rows_a], err_msg=key,
                                    rtol=VAL_RTOL if key.startswith("val_") else TRAIN_RTOL)
-    for a, b in zip(_weights(f"{run_a}/last.keras"), _weights(f"{run_b}/last.keras")):
-        np.testing.assert_allclose(b, a, atol=WEIGHT_ATOL)
+    weights_a, weights_b = _weights(f"{run_a}/last.keras"), _weights(f"{run_b}/last.keras")
+    assert weights_a.keys() == weights_b.keys()
+    for name, a in weights_a.items():
+        stats = name.endswith(("moving_mean", "moving_variance"))
+        np.testing.assert_allclose(weights_b[name], a, atol=WEIGHT_ATOL, rtol=STATS_RTOL if stats else 0,
+                                   err_msg=name)
 
 
 @jax_only

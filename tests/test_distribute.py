@@ -14,8 +14,9 @@ within 1.2e-4 (relative) on our machine and 2.1e-3 on the CI machine, where the 
 (the same weights on the same global batch; 2.4e-6 on CI), the validation loss and scores after every step
 (inference-mode BatchNorm; within 1e-6 here), the weights (Adam moves each by at most 1e-5 a step; we
 measured 4.1e-5 on a moving variance near 1). Asserted: 2e-5 on the first training loss and accuracy,
-2e-2 on the later losses (a wrong split fails the first step), 1e-4 on validation, 1e-4 on weights plus 1e-3
-relative on the BatchNorm moving statistics.
+2e-2 on the later losses (a wrong split fails the first step), 1e-4 on validation, 1e-4 on weights plus 1e-2
+relative on the BatchNorm moving statistics (they average the chaotic batch statistics; per-device instead of
+global batch statistics would already fail the first step's loss).
 """
 
 import dataclasses
@@ -41,7 +42,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.backend
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution distributes JAX only")
 
-FIRST_STEP_RTOL, TRAIN_RTOL, VAL_RTOL, WEIGHT_ATOL, STATS_RTOL = 2e-5, 2e-2, 1e-4, 1e-4, 1e-3
+FIRST_STEP_RTOL, TRAIN_RTOL, VAL_RTOL, WEIGHT_ATOL, STATS_RTOL = 2e-5, 2e-2, 1e-4, 1e-4, 1e-2
 
 
 @pytest.fixture(autouse=True)

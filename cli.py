@@ -326,6 +326,10 @@ def cls_eval_cmd(out, images, devices, **values):
     if metrics.get("intervals"):
         click.echo(f"[95% bootstrap intervals, {metrics['bootstrap']['resamples']} resamples by "
                    f"{metrics['bootstrap']['unit']}]")
+    balanced = metrics.get("prior_corrected", {})
+    click.echo("balanced decision (probabilities / training class shares): "
+               + (" ".join(scored(balanced, k) for k in ("balanced_accuracy", "accuracy"))
+                  if "accuracy" in balanced else balanced.get("skipped", "n/a")))
     if metrics.get("paired"):
         diff = metrics["paired"]["balanced_accuracy"]
         click.echo(f"balanced accuracy minus {metrics['paired']['against']}: {diff['difference']:+.4f} "

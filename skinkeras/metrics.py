@@ -373,6 +373,29 @@ class BalancedAccuracy(keras.metrics.Metric):
         return config
 
 
+def prior_corrected(probabilities, prior):
+    """Probabilities moved from the training prior to a uniform one: p(y|x) / p_train(y), renormalised per row.
+
+    A classifier trained on epochs with class shares `prior` estimates p(y|x) under that prior; dividing by it
+    and renormalising gives the posterior a uniform prior would have given (Saerens et al., Neural Computation
+    2002; "logit adjustment", Menon et al., ICLR 2021). Its argmax is the Bayes decision for balanced accuracy,
+    the ISIC 2018 ranking metric, and what a class-weighted classical model (the anchors) already optimises.
+    Each class column is scaled by a constant, so every one-vs-rest ranking (and AUC) of an unnormalised score
+    stays the same; only decisions (accuracy, balanced accuracy, top-2) change. No parameter is fitted.
+
+    Args:
+        probabilities: (N, C) probabilities.
+        prior: C class shares the model was trained on (`skinkeras.data.classification.epoch_prior`).
+    """
+    probs = np.asarray(probabilities, np.float64)
+    prior = np.asarray(prior, np.float64)
+    if prior.shape != probs.shape[-1:] or (prior <= 0).any():
+        raise ValueError(f"prior must hold {probs.shape[-1]} positive class shares, got {prior.tolist()}; "
+                         "a class absent from training has no prior to correct")
+    adjusted = probs / prior
+    return adjusted / np.clip(adjusted.sum(axis=-1, keepdims=True), 1e-300, None)
+
+
 def classification_scores(labels, probabilities, class_names):
     """Accuracy, balanced accuracy, one-vs-rest AUCs, top-2 accuracy and per-class precision / recall / F1.
 

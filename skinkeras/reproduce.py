@@ -24,6 +24,7 @@ import traceback
 import pandas as pd
 
 from skinkeras import runs
+from skinkeras.classification.evaluate import DECISION_METRICS, PRIOR_CORRECTED
 from skinkeras.segmentation.segment import segment_items
 from skinkeras.config import ClsTrainConfig, ReproduceConfig, SegTrainConfig
 
@@ -343,6 +344,7 @@ def run_classification_row(cfg, table, arch, label, seg_dir, progress=True):
                  seed=cfg.seed, cache=cache)
     metrics = runs.read_json(os.path.join(out, "metrics.json"))
     _scores(record, metrics, ("accuracy", "balanced_accuracy", "auc_macro", "melanoma_auc", "top2_accuracy"))
+    _scores(record, metrics.get(PRIOR_CORRECTED, {}), DECISION_METRICS, f"{PRIOR_CORRECTED}_")
     record.update(images=metrics.get("images"), eval=os.path.abspath(out))
     for name, folder in cfg.external.items():
         ext_out = _eval_dir(cfg, "cls", arch, name)
@@ -375,8 +377,9 @@ def add_paired(cfg, records, table, reference):
             continue
         paired = paired_against(record["eval"], ref["eval"], dataset_classes(cfg.dataset), cfg.dataset,
                                 cfg.bootstrap or 1000, cfg.seed)
-        for metric in ("accuracy", "balanced_accuracy"):
-            diff = paired[metric]
+        found = {metric: paired[metric] for metric in DECISION_METRICS}
+        found.update({f"{PRIOR_CORRECTED}_{m}": diff for m, diff in paired.get(PRIOR_CORRECTED, {}).items()})
+        for metric, diff in found.items():
             record[f"{metric}_vs_ref"] = diff["difference"]
             record[f"{metric}_vs_ref_low"], record[f"{metric}_vs_ref_high"] = diff["interval"] or [None, None]
             record[f"{metric}_vs_ref_p"] = diff["p_value"]
@@ -504,13 +507,18 @@ def write_results(cfg, paper, records):
             reference = spec.get("reference")
             lines.append(f"{cfg.dataset} test split of each run (split by {cfg.classification.get('split', 'lesion')}"
                          f"); differences are paired bootstraps against the {reference} row on the same lesions.")
+            lines.append("Balanced decision: the argmax of the probabilities divided by the training epochs' class "
+                         "shares (`prior_corrected`; no parameter fitted), the decision balanced accuracy asks for.")
+            balanced = f"{PRIOR_CORRECTED}_balanced_accuracy"
             head = ["Model", f"paper acc ({cfg.dataset})", "ours acc", "ours balanced acc",
-                    f"balanced acc − {reference}", "AUC macro", "melanoma AUC", "params", "MB", "setup", "train min",
-                    "device", "images"]
+                    f"balanced acc − {reference}", "balanced decision: balanced acc", f"its − {reference}",
+                    "its acc", "AUC macro", "melanoma AUC", "params", "MB", "setup", "train min", "device", "images"]
             head += [f"{e} balanced acc" for e in externals] + [f"{e} melanoma AUC" for e in externals] + ["run"]
             body = [[r["label"], _pct(r.get("paper_accuracy")), _with_ci(r, "accuracy"),
                      _with_ci(r, "balanced_accuracy"),
-                     "ref" if r["row"] == reference else _diff(r, "balanced_accuracy"), _with_ci(r, "auc_macro"),
+                     "ref" if r["row"] == reference else _diff(r, "balanced_accuracy"), _with_ci(r, balanced),
+                     "ref" if r["row"] == reference else _diff(r, balanced), _with_ci(r, f"{PRIOR_CORRECTED}_accuracy"),
+                     _with_ci(r, "auc_macro"),
                      _with_ci(r, "melanoma_auc"), _plain(r.get("params")), _plain(r.get("size_mb"), 2),
                      r.get("setup") or "–", _plain(r.get("train_minutes")), r.get("device") or "–",
                      _plain(r.get("images"))]

@@ -9,6 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
+from skinkeras.data.classification import balance_plan, class_counts
+from skinkeras.metrics import classification_scores, prior_corrected
 
 SMALL = ["--encoder", "mobilenetv2", "--weights", "none", "--image-size", "64", "--batch-size", "16"]
 
@@ -104,6 +106,20 @@ def test_cls_eval_matches_the_official_scorer(tdbn_run, tmp_path):
                                                      scoring.ClassificationMetric.BALANCED_ACCURACY)
     assert ours["balanced_accuracy"] == pytest.approx(float(official.aggregate["balanced_accuracy"]), abs=1e-9)
     names = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
+    # The balanced decision: the prior is the balanced training epoch's class shares (from the run's split), and
+    # its scores are those of the CSV's probabilities divided by it.
+    balanced = ours["prior_corrected"]
+    train = split[split.subset == "train"].label.to_numpy()
+    idx, _ = balance_plan(train, seed=3)  # any epoch's plan: only which images are drawn changes
+    classes = json.loads((tdbn_run / "classes.json").read_text())["classes"]  # label order
+    assert [balanced["prior"][c] for c in classes] == pytest.approx(class_counts(train[idx], 7) / idx.size)
+    truth = pd.read_csv(out / "ground_truth.csv").iloc[:, 1:].to_numpy().argmax(axis=1)  # official column order
+    prior = [balanced["prior"][names[column]] for column in predictions.columns[1:]]
+    again = classification_scores(truth, prior_corrected(predictions.iloc[:, 1:].to_numpy(), prior),
+                                  list(predictions.columns[1:]))
+    assert balanced["balanced_accuracy"] == pytest.approx(again["balanced_accuracy"], abs=1e-12)
+    low, high = balanced["intervals"]["balanced_accuracy"]
+    assert low <= balanced["balanced_accuracy"] <= high
     for column, ours_name in names.items():
         assert ours["per_class"][ours_name]["auc"] == pytest.approx(float(official.per_category.loc[column, "auc"])
                                                                     if column in official.per_category.index else

@@ -402,3 +402,38 @@ def test_scorer_fails_where_we_fail(tmp_path, scorer):
         SegmentationScore.from_dir(truth_dir, pred_dir)
     with pytest.raises(ValueError, match="ISIC_0000002"):
         score_mask_folders(truth_dir, pred_dir)
+
+
+# --- the balanced decision (prior correction) ----------------------------------------------------
+
+
+def test_prior_corrected_by_hand():
+    from skinkeras.metrics import prior_corrected
+
+    # [0.6, 0.4] / [0.75, 0.25] = [0.8, 1.6] -> [1/3, 2/3]: the decision moves to the rarer class.
+    np.testing.assert_allclose(prior_corrected([[0.6, 0.4]], [0.75, 0.25]), [[1 / 3, 2 / 3]])
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), size=5)
+    np.testing.assert_allclose(prior_corrected(probs, np.full(4, 0.25)), probs)  # a uniform prior changes nothing
+    with pytest.raises(ValueError, match="positive class shares"):
+        prior_corrected(probs, [0.5, 0.5, 0.0, 0.0])
+    with pytest.raises(ValueError, match="4 positive"):
+        prior_corrected(probs, [0.5, 0.5])
+
+
+def test_prior_corrected_is_the_balanced_bayes_decision():
+    from skinkeras.metrics import classification_scores, prior_corrected
+
+    # Two classes, x ~ N(0, 1) and N(2, 1), trained on 90% / 10%: the exact posterior under that prior.
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], [5000, 5000])
+    x = rng.normal(2.0 * labels, 1.0)
+    like = np.stack([np.exp(-x**2 / 2), np.exp(-(x - 2) ** 2 / 2)], axis=1)
+    posterior = like * [0.9, 0.1]
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    corrected = prior_corrected(posterior, [0.9, 0.1])
+    # Under a uniform prior the Bayes decision for equal variances is the midpoint: exactly these decisions.
+    np.testing.assert_array_equal(corrected.argmax(axis=1), (x > 1.0).astype(int))
+    raw = classification_scores(labels, posterior, ["a", "b"])["balanced_accuracy"]
+    balanced = classification_scores(labels, corrected, ["a", "b"])["balanced_accuracy"]
+    # Phi(1) = 0.841 against the raw argmax's threshold t = 1 + ln 9 / 2: (Phi(t) + Phi(2 - t)) / 2 = 0.721.
+    assert balanced == pytest.approx(0.841, abs=0.01) and raw == pytest.approx(0.721, abs=0.01)

@@ -78,6 +78,15 @@ def test_every_row_beside_the_paper_with_intervals(reproduced):
     assert diff["difference"] == pytest.approx(tdbn["balanced_accuracy"] - ref["balanced_accuracy"], abs=1e-9)
     assert diff["interval"][0] <= diff["difference"] <= diff["interval"][1]
     assert pd.isna(results.loc["original_only", "balanced_accuracy_vs_ref"])
+    # The balanced decision (each model corrected by its own training prior) gets its column and its difference.
+    balanced = {row: json.loads((out / "evals" / f"cls-{row}" / "metrics.json").read_text())["prior_corrected"]
+                for row in ("original_only", "tdbn")}
+    for row, block in balanced.items():
+        assert results.loc[row, "prior_corrected_balanced_accuracy"] == pytest.approx(block["balanced_accuracy"])
+    diff = tdbn["paired"]["prior_corrected"]["balanced_accuracy"]
+    assert diff["difference"] == pytest.approx(balanced["tdbn"]["balanced_accuracy"]
+                                               - balanced["original_only"]["balanced_accuracy"], abs=1e-9)
+    assert results.loc["tdbn", "prior_corrected_balanced_accuracy_vs_ref"] == pytest.approx(diff["difference"])
     # The TDBN read segmented images made by the Table 1 Deep-UNet of this same run.
     config = json.loads((out / "runs" / "cls-tdbn" / "config.json").read_text())
     assert config["seg_dir"] == str(out / "segdir") and (out / "segdir" / "segmented").is_dir()
@@ -93,6 +102,7 @@ def test_every_row_beside_the_paper_with_intervals(reproduced):
     md = (out / "results.md").read_text()
     assert "| Deep-UNet (Ours) | 91.17 |" in md and "| Dual-Network (With Metadata) | 93.47 |" in md
     assert "mobilenetv2, 32 px, 1 ep, weights none" in md and "ph2 melanoma AUC" in md
+    assert "balanced decision: balanced acc" in md
 
 
 def test_rerun_keeps_finished_rows_and_more_epochs_resume_them(reproduced):

@@ -9,15 +9,18 @@ from sklearn.metrics import roc_auc_score
 from skinkeras import distribute, runs
 from skinkeras.classification.records import OFFICIAL_COLUMNS, attach_segmented, split_subset
 from skinkeras.config import ClsEvalConfig
+from skinkeras.data.classification import epoch_prior, read_split
 from skinkeras.data.sets import EXTERNAL_DATASETS, external_records, model_labels
 from skinkeras.inference import cls_arrays, load_cls_run, model_image_size, predict_probabilities
 from skinkeras.precision import precision_of
 from skinkeras.intervals import classification_intervals, paired_difference
-from skinkeras.metrics import classification_scores
+from skinkeras.metrics import classification_scores, prior_corrected
 from skinkeras.report.figures import plot_confusion, plot_roc
 
 
 MELANOMA = "mel"
+PRIOR_CORRECTED = "prior_corrected"  # the metrics.json block of the balanced decision (`prior_corrected`)
+DECISION_METRICS = ("accuracy", "balanced_accuracy")  # what a decision rule changes (AUCs are rankings)
 
 
 def isic_csv(image_ids, values, classes, dataset, path):
@@ -100,12 +103,63 @@ def add_intervals(metrics, labels, probs, classes, groups, n_resamples, seed, fu
     return metrics
 
 
+def training_prior(run):
+    """Class shares of a run's training epochs, balanced as it trained them (its split.csv and config).
+
+    Args:
+        run: `ClsRun` from `load_cls_run`.
+    """
+    split = read_split(os.path.join(run.dir, runs.SPLIT_CSV))
+    labels = split.label[split.subset == "train"].to_numpy(np.int64)
+    return epoch_prior(labels, len(run.classes), run.cfg.balance, run.cfg.balance_cap, run.cfg.balance_floor)
+
+
+def decision_scores(labels, probs, classes, prior, groups, n_resamples, seed, external=False):
+    """Scores of the prior-corrected (balanced) decision, with 95% lesion-bootstrap intervals.
+
+    The headline scores keep the paper's argmax of the model's probabilities; this block scores the argmax of
+    `prior_corrected` probabilities, the decision balanced accuracy asks for. A class without training images
+    has no prior to correct, so the block then says why it is missing instead.
+
+    Args:
+        labels: int labels (N,) in the model's classes.
+        probs: (N, C) probabilities over the model's classes.
+        classes: the model's class names.
+        prior: C training shares (`training_prior`).
+        groups: lesion id of each row.
+        n_resamples: bootstrap resamples (0: no intervals).
+        seed: bootstrap seed.
+        external: score on the classes present, as `external_scores`.
+
+    Returns:
+        {"prior": {class: share}, "accuracy", "balanced_accuracy", "top2_accuracy", "recall": {class: recall},
+        "intervals": {metric: [low, high]}}, or {"prior", "skipped": reason}.
+    """
+    prior = np.asarray(prior, np.float64)
+    block = {"prior": dict(zip(classes, prior.tolist()))}
+    if (prior <= 0).any():
+        absent = ", ".join(c for c, p in zip(classes, prior) if p <= 0)
+        return {**block, "skipped": f"no training image of {absent}: the prior cannot be corrected"}
+    adjusted = prior_corrected(probs, prior)
+    if external:
+        scores, labels, adjusted, classes = external_scores(labels, adjusted, classes)
+    else:
+        scores = classification_scores(labels, adjusted, classes)
+    block.update({k: scores[k] for k in (*DECISION_METRICS, "top2_accuracy")})
+    block["recall"] = {c: v["recall"] for c, v in scores["per_class"].items()}
+    if n_resamples:
+        found = classification_intervals(labels, adjusted, list(classes), groups, n_resamples=n_resamples, seed=seed)
+        block["intervals"] = {k: found[k] for k in DECISION_METRICS}
+    return block
+
+
 def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir=None, batch_size=16, progress=True,
              dataset=None, bootstrap=1000, seed=0, cache=None, precision=None):
     """Evaluates a classifier on its run's test split (or another labelled set) in the ISIC formats.
 
     Writes metrics.json (accuracy, balanced_accuracy, auc_macro, top2_accuracy, melanoma_auc, per-class
-    precision / recall / F1 / AUC, and 95% bootstrap intervals resampled by lesion), predictions.csv and
+    precision / recall / F1 / AUC, 95% bootstrap intervals resampled by lesion, and under "prior_corrected" the
+    balanced decision's scores, `decision_scores`), predictions.csv (the model's own probabilities) and
     ground_truth.csv (ISIC challenge format, official class names), confusion_matrix.png and roc.png.
 
     Args:
@@ -166,6 +220,8 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
     metrics["melanoma_auc"] = (float(roc_auc_score(truth, probs[:, mel]))
                                if truth is not None and 0 < truth.sum() < len(truth) else None)
     add_intervals(metrics, sub_labels, sub_probs, sub_classes, groups, bootstrap, seed, probs, labels, classes)
+    metrics[PRIOR_CORRECTED] = decision_scores(labels, probs, classes, training_prior(run), groups, bootstrap, seed,
+                                               external)
     metrics.update({"source": source, "model": os.path.abspath(model_path), "skipped": len(skipped),
                     "precision": precision_of(run.model)})
     runs.write_json(os.path.join(out, "metrics.json"), metrics)
@@ -203,7 +259,8 @@ def paired_against(out, against, classes, dataset, bootstrap=1000, seed=0):
     """Paired bootstrap differences (this evaluation minus another) on the images both scored.
 
     Both models are resampled on the same lesions, so what they share (the hard lesions) cancels; writes the
-    result under "paired" in OUT/metrics.json.
+    result under "paired" in OUT/metrics.json, the balanced decisions' differences (each model corrected by its
+    own training prior) under "paired" / "prior_corrected".
 
     Args:
         out: this evaluation's folder.
@@ -227,6 +284,14 @@ def paired_against(out, against, classes, dataset, bootstrap=1000, seed=0):
     for metric in ("accuracy", "balanced_accuracy", "auc_macro"):
         paired[metric] = paired_difference(labels_a[common], probs_a[common], probs_b[rows_b], list(classes),
                                            groups[common], metric=metric, n_resamples=bootstrap, seed=seed)
+    priors = [runs.read_json(os.path.join(f, "metrics.json")).get(PRIOR_CORRECTED, {}) for f in (out, against)]
+    if all("accuracy" in p for p in priors):
+        # The balanced decision of each model, each with its own training prior, on the same resampled lesions.
+        a, b = (prior_corrected(p, [block["prior"][c] for c in classes])
+                for p, block in ((probs_a[common], priors[0]), (probs_b[rows_b], priors[1])))
+        paired[PRIOR_CORRECTED] = {metric: paired_difference(labels_a[common], a, b, list(classes), groups[common],
+                                                             metric=metric, n_resamples=bootstrap, seed=seed)
+                                   for metric in DECISION_METRICS}
     path = os.path.join(out, "metrics.json")
     runs.write_json(path, {**runs.read_json(path), "paired": paired})
     return paired

@@ -310,6 +310,31 @@ def balance_plan(labels, cap=None, floor=None, seed=0, max_factor=5):
     return indices, is_copy
 
 
+def epoch_prior(labels, n_classes, balance=True, cap=None, floor=None, max_factor=5):
+    """Class shares of one training epoch: the prior p(y) a classifier trained on those epochs has learned.
+
+    With `balance` these are the shares of `balance_plan`'s epoch (the same for every epoch seed: only which
+    images are drawn changes); without it, the training split's own shares. For HAM10000's 70% lesion split
+    the balanced epoch is still 37% nv (2000 of about 5,400), so an argmax decision keeps favouring nv.
+
+    Args:
+        labels: int labels of the training split.
+        n_classes: number of classes.
+        balance: whether training used balanced epochs (`ClsTrainConfig.balance`).
+        cap, floor, max_factor: as in `balance_plan`.
+    """
+    labels = np.asarray(labels, np.int64)
+    counts = class_counts(labels, n_classes).astype(np.float64)
+    if balance:
+        d_cap, d_floor = default_cap_floor(labels)
+        cap = d_cap if cap is None else int(cap)
+        floor = d_floor if floor is None else int(floor)
+        counts = np.array([balance_target(int(n), cap, floor, max_factor) if n else 0 for n in counts], np.float64)
+    if counts.sum() <= 0:
+        raise ValueError("epoch_prior needs at least one training label")
+    return counts / counts.sum()
+
+
 def class_counts(labels, n_classes):
     """Images per class index 0..n_classes-1.
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from skinkeras.data.classification import (
-    apply_split, balance_plan, class_counts, default_cap_floor, plot_class_distribution, read_split,
+    apply_split, balance_plan, class_counts, default_cap_floor, epoch_prior, plot_class_distribution, read_split,
     split_records, write_split,
 )
 from skinkeras.data.ham10000 import CLASSES as HAM_CLASSES
@@ -110,6 +110,17 @@ def test_balance_plan_counts_exactly_as_documented():
     # Same seed same plan; another seed another majority subset.
     np.testing.assert_array_equal(balance_plan(labels, cap=50, floor=20, seed=0)[0], idx)
     assert set(balance_plan(labels, cap=50, floor=20, seed=1)[0]) != set(idx)
+
+
+def test_epoch_prior_is_the_share_of_each_class_in_a_balanced_epoch():
+    labels = np.repeat(np.arange(5), [100, 30, 10, 3, 0])
+    for cap, floor in ((50, 20), (None, None)):
+        for seed in (0, 1):
+            idx, _ = balance_plan(labels, cap=cap, floor=floor, seed=seed)
+            np.testing.assert_allclose(epoch_prior(labels, 5, cap=cap, floor=floor),
+                                       class_counts(labels[idx], 5) / idx.size)
+    np.testing.assert_allclose(epoch_prior(labels, 5, cap=50, floor=20), np.array([50, 30, 20, 15, 0]) / 115)
+    np.testing.assert_allclose(epoch_prior(labels, 5, balance=False), np.array([100, 30, 10, 3, 0]) / 143)
 
 
 def test_balance_defaults_scale_with_the_data():

@@ -318,6 +318,7 @@ def cls_eval_cmd(out, images, devices, **values):
     from skinkeras import runs
     from skinkeras.classification.evaluate import evaluate_classification
     from skinkeras.config import ClsEvalConfig
+    from skinkeras.metrics import PRIOR_CORRECTED
 
     out = out or runs.default_run_dir("cls-eval")
     metrics = evaluate_classification(ClsEvalConfig(out=out, images=list(images) or None, devices=devices or "auto", **values))
@@ -326,7 +327,7 @@ def cls_eval_cmd(out, images, devices, **values):
     if metrics.get("intervals"):
         click.echo(f"[95% bootstrap intervals, {metrics['bootstrap']['resamples']} resamples by "
                    f"{metrics['bootstrap']['unit']}]")
-    balanced = metrics.get("prior_corrected", {})
+    balanced = metrics.get(PRIOR_CORRECTED, {})
     click.echo("balanced decision (probabilities / training class shares): "
                + (" ".join(scored(balanced, k) for k in ("balanced_accuracy", "accuracy"))
                   if "accuracy" in balanced else balanced.get("skipped", "n/a")))

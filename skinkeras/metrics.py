@@ -373,6 +373,10 @@ class BalancedAccuracy(keras.metrics.Metric):
         return config
 
 
+PRIOR_CORRECTED = "prior_corrected"  # the metrics.json block of the balanced decision's scores
+DECISION_METRICS = ("accuracy", "balanced_accuracy")  # what a decision rule changes (AUCs are rankings)
+
+
 def prior_corrected(probabilities, prior):
     """Probabilities moved from the training prior to a uniform one: p(y|x) / p_train(y), renormalised per row.
 

@@ -24,7 +24,7 @@ import traceback
 import pandas as pd
 
 from skinkeras import runs
-from skinkeras.classification.evaluate import DECISION_METRICS, PRIOR_CORRECTED
+from skinkeras.metrics import DECISION_METRICS, PRIOR_CORRECTED
 from skinkeras.segmentation.segment import segment_items
 from skinkeras.config import ClsTrainConfig, ReproduceConfig, SegTrainConfig
 

@@ -14,13 +14,11 @@ from skinkeras.data.sets import EXTERNAL_DATASETS, external_records, model_label
 from skinkeras.inference import cls_arrays, load_cls_run, model_image_size, predict_probabilities
 from skinkeras.precision import precision_of
 from skinkeras.intervals import classification_intervals, paired_difference
-from skinkeras.metrics import classification_scores, prior_corrected
+from skinkeras.metrics import DECISION_METRICS, PRIOR_CORRECTED, classification_scores, prior_corrected
 from skinkeras.report.figures import plot_confusion, plot_roc
 
 
 MELANOMA = "mel"
-PRIOR_CORRECTED = "prior_corrected"  # the metrics.json block of the balanced decision (`prior_corrected`)
-DECISION_METRICS = ("accuracy", "balanced_accuracy")  # what a decision rule changes (AUCs are rankings)
 
 
 def isic_csv(image_ids, values, classes, dataset, path):

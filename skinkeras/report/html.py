@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skinkeras import runs
+from skinkeras.metrics import DECISION_METRICS, PRIOR_CORRECTED
 from skinkeras.report import figures
 from skinkeras.runs import REPORT_HTML, VAL_GROUND_TRUTH, VAL_PREDICTIONS, WORST_CSV, WORST_DIR
 
@@ -408,6 +409,9 @@ def _metrics_cell(column):
         return ""
     rows = [[_e(n.replace("_", " "))] + [_with_interval(m, n) for _, m in sources] for n in names
             if any(n in m for _, m in sources)]
+    if any("accuracy" in m.get(PRIOR_CORRECTED, {}) for _, m in sources):
+        rows += [[_e(f"{n.replace('_', ' ')}, balanced decision")]
+                 + [_with_interval(m.get(PRIOR_CORRECTED, {}), n) for _, m in sources] for n in DECISION_METRICS]
     rows.append(["images"] + [_number(m.get("images", column.train.metrics.get("val_images") if column.train
                                                 else None)) for _, m in sources])
     note = ""

@@ -64,6 +64,11 @@ def test_demo_report_is_self_contained_and_shows_the_scores(tiny_demo):
         low, high = metrics["intervals"][name]
         assert (f'{name.replace("_", " ")} {metrics[name]:.3f} <span class="ci">[{low:.3f}, {high:.3f}]</span> '
                 f'on {metrics["images"]}') in page, name
+    # The balanced decision's scores (cls-eval's prior_corrected block) in their own rows, with their intervals.
+    balanced = cls["prior_corrected"]
+    low, high = balanced["intervals"]["balanced_accuracy"]
+    row = page.split("balanced accuracy, balanced decision</td>")[1].split("</tr>")[0]
+    assert f'{balanced["balanced_accuracy"]:.3f} <span class="ci">[{low:.3f}, {high:.3f}]</span>' in row
     # The worst segmentations are the lowest-Dice rows of per_image.csv.
     worst = (out / "seg-eval" / "worst.csv").read_text().splitlines()[1:]
     per_image = (out / "seg-eval" / "per_image.csv").read_text().splitlines()

@@ -338,6 +338,26 @@ def cls_eval_cmd(out, images, devices, **values):
     click.echo(f"Results: {out}")
 
 
+@cli.command("cls-anchor")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="A cls-train run folder: the anchor is fitted on its training split.")
+@click.option("--subset", default="test", show_default=True, help="Its split subset to score.")
+@bootstrap_options
+@click.option("--out", default=None, help="Output folder (default runs/cls-anchor-<timestamp>).")
+@friendly_errors
+def cls_anchor_cmd(run_dir, subset, bootstrap, seed, out):
+    """Classical anchor (colour histograms + metadata, logistic regression) on a run's split, as a cls-eval folder."""
+    from skinkeras import runs
+    from skinkeras.classification.anchor import cls_anchor
+
+    out = out or runs.default_run_dir("cls-anchor")
+    metrics = cls_anchor(run_dir, out, subset, bootstrap, seed)
+    click.echo(" ".join(scored(metrics, k) for k in ("accuracy", "balanced_accuracy", "auc_macro", "melanoma_auc"))
+               + f" on {metrics['images']} images (fitted on {metrics['train_images']})")
+    click.echo(f"Compare a model on the same lesions: cls-eval --model RUN/best.keras --against {out}")
+    click.echo(f"Results: {out}")
+
+
 @cli.command("seg-otsu")
 @click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder.")
 @click.option("--out", required=True, help="Output folder; masks go to OUT/masks/ID_segmentation.png.")

@@ -145,6 +145,23 @@ def test_classifier_generalises_to_unseen_lesions(learned_run, tmp_path):
     assert test["auc_macro"] > 0.75, test
 
 
+def test_a_model_against_the_classical_anchor_on_the_same_lesions(learned_run, tmp_path):
+    anchor, out = tmp_path / "anchor", tmp_path / "eval"
+    ok("cls-anchor", "--run", learned_run, "--bootstrap", 200, "--out", anchor)
+    output = ok("cls-eval", "--model", learned_run / "best.keras", "--against", anchor, "--bootstrap", 200,
+                "--out", out)
+    ours, theirs = (json.loads((folder / "metrics.json").read_text()) for folder in (out, anchor))
+    paired = ours["paired"]
+    assert paired["images"] == theirs["images"] == ours["images"] and paired["only_here"] == paired["only_there"] == 0
+    assert paired["balanced_accuracy"]["difference"] == pytest.approx(ours["balanced_accuracy"]
+                                                                      - theirs["balanced_accuracy"], abs=1e-9)
+    # The balanced decisions too: the model corrected by its training prior, the anchor by its uniform one.
+    balanced = paired["prior_corrected"]["balanced_accuracy"]
+    assert balanced["difference"] == pytest.approx(ours["prior_corrected"]["balanced_accuracy"]
+                                                   - theirs["prior_corrected"]["balanced_accuracy"], abs=1e-9)
+    assert "balanced decision (probabilities / training class shares): balanced_accuracy=" in output
+
+
 def test_baseline_and_ablation_take_only_their_inputs(ham, learned_run, tmp_path):
     import keras
 

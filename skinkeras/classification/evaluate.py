@@ -204,11 +204,39 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
     labels = df.label.to_numpy(np.int64)
     probs = predict_probabilities(run.model, arrays, labels, kept, batch_size, progress)
     labels, ids, groups = labels[kept], df.image_id.to_numpy()[kept], df.lesion_id.astype(str).to_numpy()[kept]
+    info = {"source": source, "model": os.path.abspath(model_path), "skipped": len(skipped),
+            "precision": precision_of(run.model)}
+    if external:
+        info.update({"dataset": dataset, "class_map": class_map})
+    return write_scores(out, ids, labels, groups, probs, classes, run.cfg.dataset, training_prior(run), bootstrap,
+                        seed, external, info, list(problems) + skipped)
+
+
+def write_scores(out, ids, labels, groups, probs, classes, dataset, prior, bootstrap=1000, seed=0, external=False,
+                 info=None, skipped=()):
+    """Scores a classifier's probabilities and writes them as an evaluation folder (what `cls-eval` writes).
+
+    Writes metrics.json, predictions.csv and ground_truth.csv (ISIC format), lesions.csv, confusion_matrix.png,
+    roc.png and skipped.csv; any model's folder can then be compared with `paired_against`.
+
+    Args:
+        out: output folder (exists).
+        ids, labels, groups: image ids, int labels and lesion ids of the scored images.
+        probs: (N, C) probabilities over `classes`.
+        classes: class names in label order.
+        dataset: the dataset whose official CSV columns name the classes.
+        prior: class shares the model was trained on (`training_prior`), for the balanced decision.
+        bootstrap: bootstrap resamples for the intervals (0: none).
+        seed: bootstrap seed.
+        external: score on the classes present (`external_scores`).
+        info: more entries for metrics.json (source, model, ...).
+        skipped: [(path, reason)] left out, listed in skipped.csv.
+    """
     # The CSV holds 8 decimals; scoring the same rounded values keeps our numbers identical to the official scorer's.
     probs = np.round(np.asarray(probs, np.float64), 8)
     if external:
         metrics, sub_labels, sub_probs, sub_classes = external_scores(labels, probs, classes)
-        metrics.update({"dataset": dataset, "class_map": class_map, "scored_classes": sub_classes})
+        metrics["scored_classes"] = sub_classes
     else:
         metrics = classification_scores(labels, probs, classes)
         sub_labels, sub_probs, sub_classes = labels, probs, classes
@@ -218,17 +246,15 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
     metrics["melanoma_auc"] = (float(roc_auc_score(truth, probs[:, mel]))
                                if truth is not None and 0 < truth.sum() < len(truth) else None)
     add_intervals(metrics, sub_labels, sub_probs, sub_classes, groups, bootstrap, seed, probs, labels, classes)
-    metrics[PRIOR_CORRECTED] = decision_scores(labels, probs, classes, training_prior(run), groups, bootstrap, seed,
-                                               external)
-    metrics.update({"source": source, "model": os.path.abspath(model_path), "skipped": len(skipped),
-                    "precision": precision_of(run.model)})
+    metrics[PRIOR_CORRECTED] = decision_scores(labels, probs, classes, prior, groups, bootstrap, seed, external)
+    metrics.update(info or {})
     runs.write_json(os.path.join(out, "metrics.json"), metrics)
-    isic_csv(ids, probs, classes, run.cfg.dataset, os.path.join(out, "predictions.csv"))
-    isic_csv(ids, np.eye(len(classes))[labels], classes, run.cfg.dataset, os.path.join(out, "ground_truth.csv"))
+    isic_csv(ids, probs, classes, dataset, os.path.join(out, "predictions.csv"))
+    isic_csv(ids, np.eye(len(classes))[labels], classes, dataset, os.path.join(out, "ground_truth.csv"))
     pd.DataFrame({"image": ids, "lesion_id": groups}).to_csv(os.path.join(out, runs.LESIONS_CSV), index=False)
     plot_confusion(sub_labels, sub_probs.argmax(axis=1), sub_classes, os.path.join(out, "confusion_matrix.png"))
     plot_roc(sub_labels, sub_probs, sub_classes, os.path.join(out, "roc.png"))
-    runs.write_skipped(out, list(problems) + skipped)
+    runs.write_skipped(out, list(skipped))
     return metrics
 
 

@@ -137,9 +137,9 @@ def cls_anchor(run_dir, out, subset="test", bootstrap=1000, seed=0, progress=Tru
     probs = class_probabilities(model, x, len(classes))
     os.makedirs(out, exist_ok=True)
     scored = scored.iloc[kept]
-    info = {"source": f"the {subset} split of {run_dir}", "anchor": "colour histograms of the lesion centre + metadata, logistic regression "
-            "with balanced class weights", "run": os.path.abspath(run_dir), "train_images": len(kept_train),
-            "skipped": len(skipped_here)}
+    info = {"source": f"the {subset} split of {run_dir}", "run": os.path.abspath(run_dir),
+            "anchor": "colour histograms of the lesion centre + metadata, logistic regression with balanced class "
+                      "weights", "train_images": len(kept_train), "skipped": len(skipped_here)}
     # Balanced class weights train it as if every class were equally frequent: its prior is uniform, so its
     # balanced decision is its argmax.
     return write_scores(out, scored.image_id.to_numpy(), scored.label.to_numpy(np.int64),

@@ -14,9 +14,10 @@ within 1.2e-4 (relative) on our machine and 2.1e-3 on the CI machine, where the 
 (the same weights on the same global batch; 2.4e-6 on CI), the validation loss and scores after every step
 (inference-mode BatchNorm; within 1e-6 here), the weights (Adam moves each by at most 1e-5 a step; we
 measured 4.1e-5 on a moving variance near 1). Asserted: 2e-5 on the first training loss and accuracy,
-2e-2 on the later losses (a wrong split fails the first step), 1e-4 on validation, 1e-4 on weights plus 1e-2
-relative on the BatchNorm moving statistics (they average the chaotic batch statistics; per-device instead of
-global batch statistics would already fail the first step's loss).
+2e-2 on the later losses (a wrong split fails the first step), 1e-4 on validation, 1e-4 on weights, and the
+BatchNorm moving statistics within 1e-2 relative plus 1e-2 of the layer's largest statistic (they average the
+chaotic batch statistics: on a loaded 2-core machine a head moving mean of -8.2e-4 came out -6.2e-4 beside
+entries of 0.29; per-device instead of global batch statistics would already fail the first step's loss).
 """
 
 import dataclasses
@@ -97,9 +98,10 @@ def _assert_same_training(run_a, run_b):
     weights_a, weights_b = _weights(f"{run_a}/last.keras"), _weights(f"{run_b}/last.keras")
     assert weights_a.keys() == weights_b.keys()
     for name, a in weights_a.items():
+        # Moving statistics to 1e-2 of the layer's largest one: an entry near 0 carries the same chaotic error.
         stats = name.endswith(("moving_mean", "moving_variance"))
-        np.testing.assert_allclose(weights_b[name], a, atol=WEIGHT_ATOL, rtol=STATS_RTOL if stats else 0,
-                                   err_msg=name)
+        atol = max(WEIGHT_ATOL, STATS_RTOL * float(np.abs(a).max())) if stats else WEIGHT_ATOL
+        np.testing.assert_allclose(weights_b[name], a, atol=atol, rtol=STATS_RTOL if stats else 0, err_msg=name)
 
 
 @jax_only

@@ -238,6 +238,11 @@ def default_cap_floor(labels):
     return max(1, int(round(2 * mean))), max(1, int(round(0.5 * mean)))
 
 
+def _cap_floor(labels, cap, floor):
+    d_cap, d_floor = default_cap_floor(labels)
+    return (d_cap if cap is None else int(cap)), (d_floor if floor is None else int(floor))
+
+
 def balance_target(count, cap, floor, max_factor=5):
     """Images of a class after balancing: min(count, cap) above the floor, min(floor, max_factor*count) below.
 
@@ -284,9 +289,7 @@ def balance_plan(labels, cap=None, floor=None, seed=0, max_factor=5):
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError("balance_plan needs a non-empty 1-D array of labels")
-    d_cap, d_floor = default_cap_floor(labels)
-    cap = d_cap if cap is None else int(cap)
-    floor = d_floor if floor is None else int(floor)
+    cap, floor = _cap_floor(labels, cap, floor)
     if cap < 1 or floor < 0 or floor > cap:
         raise ValueError(f"Need 1 <= cap and 0 <= floor <= cap, got cap={cap}, floor={floor}")
     if max_factor is not None and max_factor < 1:
@@ -326,9 +329,7 @@ def epoch_prior(labels, n_classes, balance=True, cap=None, floor=None, max_facto
     labels = np.asarray(labels, np.int64)
     counts = class_counts(labels, n_classes).astype(np.float64)
     if balance:
-        d_cap, d_floor = default_cap_floor(labels)
-        cap = d_cap if cap is None else int(cap)
-        floor = d_floor if floor is None else int(floor)
+        cap, floor = _cap_floor(labels, cap, floor)
         counts = np.array([balance_target(int(n), cap, floor, max_factor) if n else 0 for n in counts], np.float64)
     if counts.sum() <= 0:
         raise ValueError("epoch_prior needs at least one training label")

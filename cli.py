@@ -398,6 +398,8 @@ def seg_otsu_cmd(images, out):
 @click.option("--image-size", type=int, default=None, help="Input size of every run.")
 @click.option("--limit", type=int, default=None, help="N items of a seeded order in every run.")
 @click.option("--encoder", default=None, help="Encoder of the Table 1 models and the TDBN variants.")
+@click.option("--weights", default=None,
+              help="Encoder weights of every row: imagenet (default) | none | PATH (as on the training commands).")
 @click.option("--rows", default=None, help="Only these rows, comma-separated architecture names.")
 @click.option("--external", multiple=True, help="NAME=DIR of an external set (ph2, isic2017): extra columns.")
 @click.option("--batch-size", type=int, default=None, help="Prediction batch size of the evaluations.")

@@ -600,6 +600,7 @@ class ReproduceConfig(BaseConfig):
         image_size: input size of every run.
         limit: use N items of a seeded order in every run.
         encoder: encoder of the Table 1 models and of the TDBN variants (the baselines are their own).
+        weights: encoder weights of every row (imagenet | none | PATH); overrides both tables.
         rows: only these rows (architecture names), e.g. for a quick check.
         external: external sets, name -> folder (ph2, isic2017): extra columns.
         external_subset: official subset of an external ISIC 2017 folder.
@@ -631,6 +632,7 @@ class ReproduceConfig(BaseConfig):
     image_size: int | None = None
     limit: int | None = None
     encoder: str | None = None
+    weights: str | None = None
     rows: list | None = None
     external: dict = field(default_factory=dict)
     external_subset: str = "test"

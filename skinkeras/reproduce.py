@@ -61,8 +61,8 @@ def _eval_dir(cfg, task, arch, external=None):
 
 
 def _overrides(cfg):
-    # The CLI's --epochs / --image-size / --limit / --encoder apply to every row of both tasks.
-    return {k: getattr(cfg, k) for k in ("epochs", "image_size", "limit", "encoder", "seed", "devices")
+    # The CLI's --epochs / --image-size / --limit / --encoder / --weights apply to every row of both tasks.
+    return {k: getattr(cfg, k) for k in ("epochs", "image_size", "limit", "encoder", "weights", "seed", "devices")
             if getattr(cfg, k) is not None}
 
 

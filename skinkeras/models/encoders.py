@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import keras
 
 from skinkeras.layers.preprocess import EncoderPreprocess
+from skinkeras.models import efficientnet_lite
+from skinkeras.pretrained import WeightsUnavailableError, keras_cache_dir
 from skinkeras.models.layout import CHANNELS_FIRST, CHANNELS_LAST, channels_first_copy, data_format, data_format_scope
 
 _EFFNET_SKIPS = (
@@ -22,11 +24,13 @@ class EncoderSpec:
     """One row of the encoder table.
 
     Args:
-        constructor: name of the `keras.applications` function.
+        constructor: name of the `keras.applications` function, or of the EfficientNet-Lite variant.
         skips: layer names of the feature maps at strides 2, 4, 8 and 16.
         bottleneck: layer name of the stride-32 feature map.
         preprocess: `EncoderPreprocess` mode the encoder expects on 0-255 RGB input.
         segmentation: whether the skips are exact stride-2 halvings (usable by the U-Net decoders).
+        source: "keras.applications", or "efficientnet_lite" (`skinkeras.models.efficientnet_lite`, ImageNet
+            weights from an installed PyTorch checkpoint).
     """
 
     constructor: str
@@ -34,6 +38,13 @@ class EncoderSpec:
     bottleneck: str
     preprocess: str
     segmentation: bool = True
+    source: str = "keras.applications"
+
+
+def _lite_spec(variant):
+    *skips, bottleneck = efficientnet_lite.feature_layers(variant)
+    # Lite takes (x - 127.5) / 127.5, which is the "tf" scaling.
+    return EncoderSpec(variant, tuple(skips), bottleneck, "tf", source="efficientnet_lite")
 
 
 ENCODERS = {
@@ -66,11 +77,8 @@ ENCODERS = {
         "tf",
         segmentation=False,
     ),
+    **{variant: _lite_spec(variant) for variant in efficientnet_lite.VARIANTS},
 }
-
-
-class WeightsUnavailableError(RuntimeError):
-    """ImageNet weights could not be downloaded or found in the Keras cache."""
 
 
 def encoder_spec(name):
@@ -83,12 +91,6 @@ def encoder_spec(name):
     if key not in ENCODERS:
         raise ValueError(f"Unknown encoder {name!r}; valid encoders: {', '.join(ENCODERS)}")
     return ENCODERS[key]
-
-
-def keras_cache_dir():
-    """Folder where `keras.applications` looks for downloaded weights."""
-    base = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    return os.path.join(base, "models")
 
 
 def normalize_weights(weights):
@@ -114,7 +116,9 @@ def build_encoder(name, input_shape, weights=None, model_name=None, bn_momentum=
         name: encoder name from `ENCODERS`.
         input_shape: (H, W, 3) input shape.
         weights: "imagenet", None, or a path to a weights file of the headless encoder
-            (e.g. the Keras `*_notop.h5` file copied from a machine with internet).
+            (e.g. the Keras `*_notop.h5` file copied from a machine with internet); an EfficientNet-Lite also
+            takes a PyTorch state dict (`.pth`) with its checkpoint's names, and "imagenet" reads the installed
+            checkpoint package (`skinkeras.pretrained`).
         model_name: name of the returned model; two encoders in one model need distinct names.
         bn_momentum: when not None, the moving-average momentum set on every BatchNormalization layer of
             the encoder after it is built and its weights loaded (None keeps keras.applications' own
@@ -140,6 +144,11 @@ def build_encoder(name, input_shape, weights=None, model_name=None, bn_momentum=
 def _build_channels_last(name, input_shape, weights, model_name, bn_momentum):
     spec = encoder_spec(name)
     weights = normalize_weights(weights)
+    if spec.source == "efficientnet_lite":
+        encoder = efficientnet_lite.build_efficientnet_lite(spec.constructor, input_shape, name=model_name)
+        if weights is not None:
+            efficientnet_lite.load_pretrained(encoder, spec.constructor, weights)
+        return _set_momentum(encoder, bn_momentum)
     ctor = getattr(keras.applications, spec.constructor)
     kwargs = {"include_top": False, "input_shape": tuple(input_shape)}
     if model_name:
@@ -163,8 +172,12 @@ def _build_channels_last(name, input_shape, weights, model_name, bn_momentum):
                     f"Weights file {weights} does not fit a headless {spec.constructor} "
                     f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})"
                 ) from exc
+    return _set_momentum(encoder, bn_momentum)
+
+
+def _set_momentum(encoder, bn_momentum):
     if bn_momentum is not None:
-        # keras.applications encoders are flat: every BatchNormalization sits directly in `encoder.layers`.
+        # The encoders are flat: every BatchNormalization sits directly in `encoder.layers`.
         for layer in encoder.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(bn_momentum)

@@ -46,7 +46,7 @@ def assert_same_map(name):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("name", ["densenet121", "efficientnetb0", "resnet50"])  # mobilenetv2: below
+@pytest.mark.parametrize("name", ["densenet121", "efficientnetb0", "resnet50", "efficientnet_lite0"])  # mobilenetv2: below
 def test_channels_first_copy_computes_the_same_map(name):
     """Every kind of layer the table's encoders hold (BN axes, concatenations, depthwise, squeeze-excitation's
     reshape, Normalization, padding, pooling) moves to NCHW with the same weights and names."""

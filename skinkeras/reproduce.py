@@ -11,6 +11,7 @@ Layout of OUT:
     runs/seg-<arch>/            Table 1 training runs        evals/seg-<arch>/   their seg-eval
     segdir/                     the classification set segmented by the Table 1 Deep-UNet (Figure 2)
     runs/cls-<arch>/            Table 2 / 3 training runs    evals/cls-<arch>/   their cls-eval on the test split
+    evals/cls-anchor-<ref>/     the classical anchor fitted on the reference row's split (a row of its table)
     evals/<external>/...        the same models on an external set; segdir-<external>/ its segmented images
     results.md, results.csv     every table, ours beside the paper's
 """
@@ -36,6 +37,8 @@ RESULTS_CSV = "results.csv"
 SEGMENTER = "deep_unet"  # the Table 1 model whose masks make the segmented images (paper 4.1.3)
 CACHE_DIR = "cache"
 SEG_TRAIN_SET = "isic2018"  # the layout `find_pairs` reads Table 1's training pairs in (or plain folders)
+ANCHOR = "anchor"  # the classical anchor's row, fitted on the reference row's own split (`cls-anchor`)
+ANCHOR_LABEL = "Anchor: colour histograms + metadata, logistic regression"
 
 
 def paper_tables(path=PAPER_TABLES):
@@ -359,6 +362,36 @@ def run_classification_row(cfg, table, arch, label, seg_dir, progress=True):
     return record
 
 
+def run_anchor_row(cfg, table, reference, progress=True):
+    """The classical anchor fitted on the reference row's training split and scored on its test split.
+
+    It is scored on the same lesions as every row of the table (all share the reference row's split: same seed,
+    same records), so its paired differences are like any row's. Refitted when the reference run's split changed.
+
+    Args:
+        cfg: `ReproduceConfig`.
+        table: the table name.
+        reference: the reference row's architecture.
+        progress: print progress lines.
+    """
+    from skinkeras.classification.anchor import cls_anchor
+
+    run_dir = _cls_run(cfg, reference)
+    out = _eval_dir(cfg, "cls", f"{ANCHOR}-{reference}")
+    split = os.path.join(run_dir, runs.SPLIT_CSV)
+    state = "kept" if _fresh(out, split) else "fitted"
+    if state == "fitted":
+        cls_anchor(run_dir, out, "test", bootstrap=cfg.bootstrap, seed=cfg.seed, progress=progress)
+    metrics = runs.read_json(os.path.join(out, "metrics.json"))
+    record = {"table": table, "row": ANCHOR, "label": ANCHOR_LABEL, "task": "classification", "status": "ok",
+              "error": None, "run": os.path.abspath(out), "eval": os.path.abspath(out), "training": state,
+              "setup": f"fitted on the {reference} row's {metrics.get('train_images')} training images"}
+    _scores(record, metrics, ("accuracy", "balanced_accuracy", "auc_macro", "melanoma_auc", "top2_accuracy"))
+    _scores(record, metrics.get(PRIOR_CORRECTED, {}), DECISION_METRICS, f"{PRIOR_CORRECTED}_")
+    record["images"] = metrics.get("images")
+    return record
+
+
 def add_paired(cfg, records, table, reference):
     """Paired bootstrap differences of each classification row against the table's reference row.
 
@@ -424,6 +457,20 @@ def reproduce(cfg: ReproduceConfig, progress=True):
             _add_paper(record, spec, cfg.dataset)
             table_records.append(record)
             write_results(cfg, paper, records + table_records)
+        reference = spec.get("reference")
+        if spec["task"] == "classification" and any(r["row"] == reference and r["status"] == "ok"
+                                                    for r in table_records):
+            try:
+                table_records.append(run_anchor_row(cfg, table, reference, progress))
+            except Exception as exc:  # noqa: BLE001  (the anchor must not lose the trained rows)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                table_records.append({"table": table, "row": ANCHOR, "label": ANCHOR_LABEL,
+                                      "task": "classification", "status": "failed",
+                                      "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+                                      "run": os.path.abspath(_eval_dir(cfg, "cls", f"{ANCHOR}-{reference}"))})
+                with open(os.path.join(cfg.out, "errors.log"), "a") as f:
+                    f.write(f"== {table} {ANCHOR}\n{traceback.format_exc()}\n")
         if spec.get("reference"):
             add_paired(cfg, table_records, table, spec["reference"])
         records += table_records

@@ -49,9 +49,9 @@ def reproduced(tmp_path_factory):
 
 def test_every_row_beside_the_paper_with_intervals(reproduced):
     out, _, output = reproduced
-    assert "3 of 3 rows done" in output
+    assert "4 of 4 rows done" in output
     results = pd.read_csv(out / "results.csv").set_index("row")
-    assert list(results.index) == ["deep_unet", "original_only", "tdbn"]
+    assert list(results.index) == ["deep_unet", "original_only", "tdbn", "anchor"]
     paper = paper_tables()
     # The paper's numbers come from the data file, ours from each row's own evaluation folder.
     assert results.loc["deep_unet", "paper_dice"] == paper["table1"]["rows"]["deep_unet"]["dice"]
@@ -78,6 +78,15 @@ def test_every_row_beside_the_paper_with_intervals(reproduced):
     assert diff["difference"] == pytest.approx(tdbn["balanced_accuracy"] - ref["balanced_accuracy"], abs=1e-9)
     assert diff["interval"][0] <= diff["difference"] <= diff["interval"][1]
     assert pd.isna(results.loc["original_only", "balanced_accuracy_vs_ref"])
+    # The anchor is a row of its own, fitted on the reference row's training split and scored on its test lesions.
+    anchor = json.loads((out / "evals" / "cls-anchor-original_only" / "metrics.json").read_text())
+    assert results.loc["anchor", "balanced_accuracy"] == pytest.approx(anchor["balanced_accuracy"])
+    assert anchor["images"] == ref["images"]
+    anchor_ids = pd.read_csv(out / "evals" / "cls-anchor-original_only" / "predictions.csv").image
+    ref_ids = pd.read_csv(out / "evals" / "cls-original_only" / "predictions.csv").image
+    assert sorted(anchor_ids) == sorted(ref_ids)
+    assert results.loc["anchor", "balanced_accuracy_vs_ref"] == pytest.approx(  # results.csv keeps 6 decimals
+        anchor["balanced_accuracy"] - ref["balanced_accuracy"], abs=1e-6)
     # The balanced decision (each model corrected by its own training prior) gets its column and its difference.
     balanced = {row: json.loads((out / "evals" / f"cls-{row}" / "metrics.json").read_text())["prior_corrected"]
                 for row in ("original_only", "tdbn")}
@@ -142,6 +151,10 @@ def test_bad_settings_fail_before_any_run(tmp_path):
     result = invoke("reproduce", "table2", "--data-dir", tmp_path, "--rows", "xception", "--image-size", 32,
                     "--out", tmp_path / "r")
     assert result.exit_code != 0 and "table2 row xception" in result.output and "71" in result.output
+    # --weights applies to every row, as on the training commands; a missing file fails before any run.
+    result = invoke("reproduce", "table3", "--data-dir", tmp_path, "--seg-dir", tmp_path, "--weights",
+                    tmp_path / "missing.pth", "--out", tmp_path / "r")
+    assert result.exit_code != 0 and "Weights file not found" in result.output and "missing.pth" in result.output
     result = invoke("reproduce", "table4", "--out", tmp_path / "r")
     assert result.exit_code != 0 and "Unknown table table4" in result.output
     result = invoke("reproduce", "table3", "--data-dir", tmp_path, "--out", tmp_path / "r")

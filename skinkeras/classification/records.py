@@ -62,17 +62,38 @@ def attach_segmented(df, seg_dir, problems=()):
     return df.assign(seg_path=paths)[exists].reset_index(drop=True), problems
 
 
+def sources_absent(cfg):
+    """Whether none of a config's dataset folders exists here (e.g. only the input cache was copied).
+
+    Args:
+        cfg: a config with data_dir and images.
+    """
+    folders = [cfg.data_dir, *cls_data.as_folder_list(cfg.images)]
+    return not any(f and os.path.isdir(f) for f in folders)
+
+
 def load_cls_records(cfg, needs_segmented):
     """Loads the records of `cfg.dataset`, with their segmented-image paths when the model needs them.
 
+    With an input cache (`cfg.cache`) and no dataset folder here, the records are the cache's own (see
+    `skinkeras.data.cache`), said in one printed line.
+
     Args:
-        cfg: `ClsTrainConfig` (dataset, data_dir, images, seg_dir).
+        cfg: `ClsTrainConfig` (dataset, data_dir, images, seg_dir, cache).
         needs_segmented: whether the model reads segmented images.
 
     Returns:
         (records DataFrame, problems [(path, reason)]).
     """
     dataset_classes(cfg.dataset)
+    if getattr(cfg, "cache", None) and sources_absent(cfg):
+        from skinkeras.data.cache import open_cache
+
+        cache = open_cache(cfg.cache)
+        df = cache.records(segmented=needs_segmented)
+        print(f"The {cfg.dataset} files are absent here ({cfg.data_dir or cfg.images or 'no --data-dir'}): "
+              f"trusting the records of the cache {cache.path} ({len(df)} images, their labels and metadata)")
+        return df, []
     df, problems = _loaders()[cfg.dataset][1](cfg.data_dir, cfg.images)
     if df.empty:
         raise ValueError(f"No usable {cfg.dataset} records in {cfg.data_dir or cfg.images} "

@@ -94,8 +94,8 @@ def train_classification(cfg: ClsTrainConfig, resume=False, resume_epochs=None, 
         progress: show progress bars.
         overwrite: replace a run that `cfg.out` already holds.
     """
-    if not resume and cfg.data_dir is None and cfg.images is None:
-        raise ValueError("Give --data-dir DIR (official layout) and/or --images DIR")
+    if not resume and cfg.data_dir is None and cfg.images is None and not cfg.cache:
+        raise ValueError("Give --data-dir DIR (official layout) and/or --images DIR (or --cache CACHE)")
     with open_run(cfg, "cls-train", resume, resume_epochs, overwrite) as run:
         return _fit(run, progress)
 

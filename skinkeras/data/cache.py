@@ -3,12 +3,17 @@
     CACHE/images.npy      uint8 (N, S, S, 3)   originals (`load_rgb` / `load_pair`, as the JPEG path)
     CACHE/masks.npy       uint8 (N, S, S, 1)   lesion masks, 0/1 (segmentation sets)
     CACHE/segmented.npy   uint8 (N, S, S, 3)   SEGDIR segmented images (classification, with a SEGDIR)
-    CACHE/ids.csv         one row per array row: id, label, and per source file its path, size and mtime
+    CACHE/ids.csv         one row per array row: id, label (classification: the whole record, metadata included),
+                          and per source file its path, size and mtime
     CACHE/manifest.json   dataset, image size, resize method, format version, hash of the file list
 
 `prepare_cache` writes it; `open_cache` reads it and `InputCache.check` refuses it (one line naming the cache and
 the fix) when a run would read other files, at another size or of another dataset. The manifest is written last,
 so a cache without one is an interrupted prepare and is refused.
+
+A classification cache also works where only the cache was copied (a cluster node's local disk): when none of a
+view's source files exists, the run trusts the cache's own records (ids, labels, metadata) and says so; when they
+exist and changed, it refuses as above.
 """
 
 import contextlib
@@ -166,6 +171,40 @@ class InputCache:
     def _refuse(self, problem, fix):
         raise CacheError(f"{self.path}: {problem}: {fix} or drop --cache")
 
+    def records(self, segmented=False):
+        """The classification records the cache was prepared from, for a run whose source files are absent.
+
+        Args:
+            segmented: add `seg_path` (the run reads segmented images; the cache must hold them).
+
+        Returns:
+            records DataFrame (image_id, image_path, lesion_id, label, dx, age, sex, site, ...), as the dataset
+            reader gave them when the cache was prepared.
+
+        Raises:
+            CacheError: a segmentation cache, one without segmented images when they are asked for, or one
+                prepared before caches kept their records.
+        """
+        from skinkeras.data.classification import finish_records
+
+        if self.dataset not in CACHED_CLASSIFICATION_SETS:
+            self._refuse(f"a {self.dataset} cache holds no classification records", "give the dataset folder")
+        missing = [c for c in ("label", "age", "sex", "site") if c not in self.ids]
+        if missing:
+            self._refuse(f"prepared before caches kept their records (no {missing[0]} column), and the source "
+                         "files are absent", f"prepare it again where they are (`python cli.py prepare ... "
+                         f"--out {self.path}`)")
+        if segmented and SEGMENTED_IMAGES not in self.arrays:
+            self._refuse("it holds no segmented images", "prepare it with --seg-dir SEGDIR")
+        generated = {f"{prefix}_{field}" for prefix, _ in VIEWS.values()
+                     for field in ("path", "bytes", "mtime_ns", "ok", "error")}
+        own = [c for c in self.ids.columns if c not in generated]
+        df = self.ids[own].copy()
+        df["image_path"] = self.ids["image_path"]
+        if segmented:
+            df["seg_path"] = self.ids[f"{VIEWS[SEGMENTED_IMAGES][0]}_path"]
+        return finish_records(df)
+
     def check(self, dataset=None, image_size=None, ids=None, paths=None):
         """Refuses (one line) a cache that does not hold what a run would read; returns the run's `Selection`.
 
@@ -177,7 +216,8 @@ class InputCache:
 
         Raises:
             CacheError: another dataset or size, a missing array, or files the cache was not made from (another
-                path, or a file changed since: size or mtime).
+                path, or a file changed since: size or mtime). A view none of whose files exists is not compared
+                (only the cache was copied; see the module docstring).
         """
         redo = f"run `python cli.py prepare --dataset {dataset or self.dataset} ... --image-size " \
                f"{image_size or self.image_size} --out {self.path}`"
@@ -202,11 +242,15 @@ class InputCache:
                 option = "--seg-dir SEGDIR" if name == SEGMENTED_IMAGES else "a dataset with masks"
                 self._refuse(f"it holds no {name}", f"{redo} with {option}")
             stored = self.ids.iloc[rows]
+            # Only the cache was copied: none of the view's files exists, so there is nothing to compare with.
+            absent = not any(p is not None and os.path.exists(p) for p in wanted)
             for path, (s_path, s_bytes, s_mtime) in zip(wanted, zip(stored[f"{prefix}_path"],
                                                                     stored[f"{prefix}_bytes"],
                                                                     stored[f"{prefix}_mtime_ns"])):
                 if path is None or os.path.abspath(path) != s_path:
                     self._refuse(f"made from other files ({s_path}, this run reads {path})", redo)
+                if absent:
+                    continue
                 try:
                     entry = file_entry(path)
                 except OSError:
@@ -281,7 +325,8 @@ def _sources(dataset, data_dir, images, masks, seg_dir, subset):
     views = {IMAGES: list(df["image_path"])}
     if seg_dir:
         views[SEGMENTED_IMAGES] = [SegDir(seg_dir).segmented_path(i) for i in df["image_id"]]
-    return df[["image_id", "lesion_id", "label", "dx"]].copy(), views, problems
+    # The whole record (metadata too), so a run can start from the cache alone (`InputCache.records`).
+    return df[[c for c in df.columns if c not in ("image_path", "seg_path")]].copy(), views, problems
 
 
 def _refuse_foreign(out):

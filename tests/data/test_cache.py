@@ -85,6 +85,43 @@ def test_cls_train_from_the_cache_matches_the_jpeg_path(data):
     assert pd.read_csv(runs / "jpeg" / "split.csv").equals(pd.read_csv(runs / "cached" / "split.csv"))
 
 
+def test_a_copied_cache_alone_trains_the_same_run(data):
+    """Only the cache where the run happens (the sources absent): its own records (ids, labels, metadata) and
+    segmented images give the same split and the same TDBN losses as with the sources present."""
+    copy = data["root"] / "ham_moved"
+    segdir = data["root"] / "segdir_moved"
+    shutil.copytree(data["ham"], copy)
+    shutil.copytree(data["segdir"], segdir)
+    cache = prepare_cache(data["root"] / "moved32", "ham10000", SIZE, data_dir=copy, seg_dir=segdir, progress=False)
+    runs = data["root"] / "runs"
+    common = ["cls-train", "--data-dir", copy, "--seg-dir", segdir, "--variant", "tdbn", "--encoder", "mobilenetv2",
+              "--weights", "none", "--image-size", SIZE, "--batch-size", 8, "--epochs", 1, "--seed", 5,
+              "--cache", cache.path]
+    present = run_cli(*common, "--out", runs / "present")
+    assert present.exit_code == 0, present.output
+    assert "trusting the records" not in present.output
+    shutil.rmtree(copy)
+    shutil.rmtree(segdir)
+    alone = run_cli(*common, "--out", runs / "alone")
+    assert alone.exit_code == 0, alone.output
+    (line,) = [line for line in alone.output.splitlines() if "trusting the records" in line]
+    assert cache.path in line and f"{len(cache)} images" in line
+    a, b = (pd.read_csv(runs / name / "history.csv") for name in ("present", "alone"))
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(b["val_loss"], a["val_loss"], rtol=0, atol=1e-6)
+    assert pd.read_csv(runs / "present" / "split.csv").equals(pd.read_csv(runs / "alone" / "split.csv"))
+    records = cache.records(segmented=True)
+    assert {"age", "sex", "site", "dx", "lesion_id", "seg_path"} <= set(records.columns)
+    assert records.age.notna().any() and (records.sex != "").any()
+    # A cache prepared before caches kept their records cannot stand in for absent sources: one line says so.
+    old = data["root"] / "old32"
+    shutil.copytree(cache.path, old)
+    ids = pd.read_csv(old / "ids.csv", dtype={"image_id": str}, keep_default_na=False)
+    ids.drop(columns=["age", "sex", "site"]).to_csv(old / "ids.csv", index=False)
+    with pytest.raises(CacheError, match="prepared before caches kept their records"):
+        open_cache(old).records()
+
+
 def test_a_cache_that_does_not_fit_the_run_is_refused(data):
     cache = data["ham_cache"]
     with pytest.raises(CacheError, match=r"prepared at 32 px, this run uses 64: run `prepare --image-size 64` "

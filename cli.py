@@ -358,6 +358,32 @@ def cls_anchor_cmd(run_dir, subset, bootstrap, seed, out):
     click.echo(f"Results: {out}")
 
 
+@cli.command("cls-diagnose")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="RUN/best.keras of a tdbn or tdbn_no_meta run.")
+@click.option("--subset", default="test", show_default=True, help="Its split subset.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Input cache holding the subset's originals and segmented images.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--out", default=None, help="Output folder (default runs/cls-diagnose-<timestamp>).")
+@friendly_errors
+def cls_diagnose_cmd(model_path, subset, cache, batch_size, out):
+    """How much the TDBN's segmented branch moves its output, and how spread its cross-attention is."""
+    from skinkeras import runs
+    from skinkeras.classification.diagnose import cls_diagnose
+
+    out = out or runs.default_run_dir("cls-diagnose")
+    result = cls_diagnose(model_path, out, subset, batch_size, cache)
+    for name, change in result["branch_influence"].items():
+        click.echo(f"{name}: mean |change| of the probabilities {change['mean_abs_change']:.4f}, "
+                   f"{change['flips']} of {result['images']} decisions flip, balanced accuracy "
+                   f"{result['balanced_accuracy'][name]:.4f} (as given {result['balanced_accuracy']['as_given']:.4f})")
+    att = result["attention"]
+    click.echo(f"attention over {att['tokens']} tokens: mean entropy {att['mean_entropy']:.4f} nats, uniform "
+               f"{att['uniform_entropy']:.4f}")
+    click.echo(f"Results: {out}")
+
+
 @cli.command("seg-otsu")
 @click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder.")
 @click.option("--out", required=True, help="Output folder; masks go to OUT/masks/ID_segmentation.png.")

@@ -199,3 +199,39 @@ def test_cls_eval_in_bf16_predicts_like_fp32(tdbn_run, tmp_path):
     assert list(a.image) == list(b.image)
     diff = np.abs(a.iloc[:, 1:].to_numpy() - b.iloc[:, 1:].to_numpy()).max()
     assert 0 < diff < 0.1, diff
+
+
+def test_diagnose_measures_against_hand_values():
+    from skinkeras.classification.diagnose import attention_entropy, probability_change
+
+    base = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1]])
+    other = np.array([[0.6, 0.3, 0.1], [0.3, 0.6, 0.1]])
+    change = probability_change(base, other)
+    assert change["mean_abs_change"] == pytest.approx((0.1 + 0.1 + 0 + 0.2 + 0.2 + 0) / 6)
+    assert change["mean_max_abs_change"] == pytest.approx((0.1 + 0.2) / 2)
+    assert change["flips"] == 1 and change["flip_share"] == 0.5
+    scores = np.array([[[[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]]]])  # (1 sample, 1 head, 2 queries, 4 keys)
+    np.testing.assert_allclose(attention_entropy(scores), [[[np.log(4), 0.0]]], atol=1e-9)
+
+
+def test_cls_diagnose_on_a_tdbn_and_its_refusal_elsewhere(tdbn_run, learned_run, tmp_path):
+    out = tmp_path / "diagnose"
+    printed = ok("cls-diagnose", "--model", tdbn_run / "best.keras", "--out", out)
+    result = json.loads((out / "diagnose.json").read_text())
+    ok("cls-eval", "--model", tdbn_run / "best.keras", "--bootstrap", 0, "--out", tmp_path / "eval")
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # The unchanged inputs score what cls-eval scores on the same test split.
+    assert result["images"] == evaluated["images"]
+    assert result["balanced_accuracy"]["as_given"] == pytest.approx(evaluated["balanced_accuracy"], abs=1e-9)
+    assert set(result["branch_influence"]) == {"segmented_is_original", "segmented_is_black"}
+    for change in result["branch_influence"].values():
+        assert 0 <= change["mean_abs_change"] <= change["mean_max_abs_change"] <= 1
+        assert 0 <= change["flips"] <= result["images"]
+    att = result["attention"]
+    assert att["tokens"] == 4 and att["heads"] == 8 and att["uniform_entropy"] == pytest.approx(np.log(4))
+    assert 0 <= att["mean_entropy"] <= att["uniform_entropy"] + 1e-6
+    assert 0.25 - 1e-6 <= att["mean_max_weight"] <= 1 + 1e-6
+    assert "segmented_is_black" in printed and "uniform 1.3863" in printed
+    bad = CliRunner().invoke(cli, ["cls-diagnose", "--model", str(learned_run / "best.keras"), "--out",
+                                   str(tmp_path / "no")])
+    assert bad.exit_code != 0 and "needs a TDBN" in bad.output

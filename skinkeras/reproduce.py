@@ -300,6 +300,18 @@ def _scores(record, metrics, names, prefix=""):
         record[f"{prefix}{name}_low"], record[f"{prefix}{name}_high"] = low_high
 
 
+def _classification_scores(record, metrics):
+    _scores(record, metrics, ("accuracy", "balanced_accuracy", "auc_macro", "melanoma_auc", "top2_accuracy"))
+    _scores(record, metrics.get(PRIOR_CORRECTED, {}), DECISION_METRICS, f"{PRIOR_CORRECTED}_")
+
+
+def _failed(cfg, record, exc):
+    """`record` marked failed with the error's first line; the traceback goes to OUT/errors.log."""
+    with open(os.path.join(cfg.out, "errors.log"), "a") as f:
+        f.write(f"== {record['table']} {record['row']}\n{traceback.format_exc()}\n")
+    return {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+
 def run_segmentation_row(cfg, arch, label, progress=True):
     """Trains (or keeps) and scores one Table 1 row, on the evaluation set and every external set."""
     from skinkeras.segmentation.evaluate import seg_eval_model
@@ -346,8 +358,7 @@ def run_classification_row(cfg, table, arch, label, seg_dir, progress=True):
         cls_eval(model, out, "test", batch_size=cfg.batch_size, progress=progress, bootstrap=cfg.bootstrap,
                  seed=cfg.seed, cache=cache)
     metrics = runs.read_json(os.path.join(out, "metrics.json"))
-    _scores(record, metrics, ("accuracy", "balanced_accuracy", "auc_macro", "melanoma_auc", "top2_accuracy"))
-    _scores(record, metrics.get(PRIOR_CORRECTED, {}), DECISION_METRICS, f"{PRIOR_CORRECTED}_")
+    _classification_scores(record, metrics)
     record.update(images=metrics.get("images"), eval=os.path.abspath(out))
     for name, folder in cfg.external.items():
         ext_out = _eval_dir(cfg, "cls", arch, name)
@@ -386,8 +397,7 @@ def run_anchor_row(cfg, table, reference, progress=True):
     record = {"table": table, "row": ANCHOR, "label": ANCHOR_LABEL, "task": "classification", "status": "ok",
               "error": None, "run": os.path.abspath(out), "eval": os.path.abspath(out), "training": state,
               "setup": f"fitted on the {reference} row's {metrics.get('train_images')} training images"}
-    _scores(record, metrics, ("accuracy", "balanced_accuracy", "auc_macro", "melanoma_auc", "top2_accuracy"))
-    _scores(record, metrics.get(PRIOR_CORRECTED, {}), DECISION_METRICS, f"{PRIOR_CORRECTED}_")
+    _classification_scores(record, metrics)
     record["images"] = metrics.get("images")
     return record
 
@@ -450,10 +460,7 @@ def reproduce(cfg: ReproduceConfig, progress=True):
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 run_dir = (_seg_run if spec["task"] == "segmentation" else _cls_run)(cfg, arch)
-                record = {**_row_record(table, arch, label, spec["task"], run_dir), "status": "failed",
-                          "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-                with open(os.path.join(cfg.out, "errors.log"), "a") as f:
-                    f.write(f"== {table} {arch}\n{traceback.format_exc()}\n")
+                record = _failed(cfg, _row_record(table, arch, label, spec["task"], run_dir), exc)
             _add_paper(record, spec, cfg.dataset)
             table_records.append(record)
             write_results(cfg, paper, records + table_records)
@@ -465,12 +472,9 @@ def reproduce(cfg: ReproduceConfig, progress=True):
             except Exception as exc:  # noqa: BLE001  (the anchor must not lose the trained rows)
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                table_records.append({"table": table, "row": ANCHOR, "label": ANCHOR_LABEL,
-                                      "task": "classification", "status": "failed",
-                                      "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
-                                      "run": os.path.abspath(_eval_dir(cfg, "cls", f"{ANCHOR}-{reference}"))})
-                with open(os.path.join(cfg.out, "errors.log"), "a") as f:
-                    f.write(f"== {table} {ANCHOR}\n{traceback.format_exc()}\n")
+                table_records.append(_failed(cfg, {"table": table, "row": ANCHOR, "label": ANCHOR_LABEL,
+                                                   "task": "classification", "error": None, "run": os.path.abspath(
+                                                       _eval_dir(cfg, "cls", f"{ANCHOR}-{reference}"))}, exc))
         if spec.get("reference"):
             add_paired(cfg, table_records, table, spec["reference"])
         records += table_records

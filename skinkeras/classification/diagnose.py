@@ -106,10 +106,9 @@ def cls_diagnose(model_path, out, subset="test", batch_size=16, cache=None, prog
     df, _, source = split_subset(run.cfg, run.dir, True, subset)
     if df.empty:
         raise ValueError(f"No images in {source}")
-    arrays, kept, skipped = cls_arrays(df, run.encoder, model_image_size(run.model), run.contract.inputs, progress,
-                                       cache, run.cfg.dataset)
-    labels = df.label.to_numpy(np.int64)
     size = model_image_size(run.model)
+    arrays, kept, skipped = cls_arrays(df, run.encoder, size, run.contract.inputs, progress, cache, run.cfg.dataset)
+    labels = df.label.to_numpy(np.int64)
     black = np.broadcast_to(np.zeros((1, *size, 3), np.uint8), (len(df), *size, 3))
     conditions = {"as_given": arrays, "segmented_is_original": {**arrays, SEGMENTED: arrays[ORIGINAL]},
                   "segmented_is_black": {**arrays, SEGMENTED: black}}

@@ -222,7 +222,7 @@ def keras_weights_from_state_dict(variant, state, include_top=False):
             if key not in state:
                 raise StateDictMismatch(f"the state dict has no {key} (expected by {variant}'s layer {layer})")
             value = np.asarray(state[key], dtype="float32")
-            want = expected_shapes[key] if key in expected_shapes else None
+            want = expected_shapes.get(key)
             if want is not None and tuple(value.shape) != want:
                 raise StateDictMismatch(f"{key} has shape {tuple(value.shape)}, {variant} needs {want}")
             arrays.append(_torch_to_keras(kind, value) if param == "weight" else value)

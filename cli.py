@@ -94,6 +94,7 @@ PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # skinkeras.precision.PRECISIONS; 
 DATA_FORMAT_CHOICES = ("channels_last", "channels_first")  # skinkeras.models.layout.FORMATS
 precision_option = click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
                                 help="Predict in fp32 | bf16 | fp16 (default: the precision the model was trained in).")
+TTA_CHOICES = ("none", "flip", "flip-rotate")  # skinkeras.data.pipeline.TTA_VIEWS
 cache_option = click.option("--cache", type=click.Path(file_okay=False), default=None,
                             help="Input cache written by `prepare`: read instead of decoding the image files.")
 
@@ -296,6 +297,19 @@ def cls_train_cmd(config_file, resume, overwrite, images, variant, arch, **value
     click.echo(f"Run folder: {run_dir}")
 
 
+def tta_option(func):
+    """--tta: mean of the probabilities over test-time views of each image."""
+    return click.option("--tta", default="none", show_default=True,
+                        type=click.Choice(TTA_CHOICES),
+                        help="Test-time augmentation: mean over flips (and 90-degree rotations), with its spread.")(func)
+
+
+def calibration_option(func):
+    """--no-calibration: the model's raw probabilities instead of the run's calibrated ones."""
+    return click.option("--no-calibration", "calibration", is_flag=True, flag_value=False, default=True,
+                        help="Raw probabilities (default: temperature-scaled by the run's calibration.json).")(func)
+
+
 @cli.command("cls-eval")
 @click.option("--model", type=click.Path(dir_okay=False), required=True, help="RUN/best.keras")
 @click.option("--subset", default="test", show_default=True, help="Split subset of the run to evaluate.")
@@ -307,6 +321,12 @@ def cls_train_cmd(config_file, resume, overwrite, images, variant, arch, **value
 @click.option("--against", type=click.Path(file_okay=False), default=None,
               help="Another model's cls-eval folder on the same images: paired bootstrap differences.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
+@tta_option
+@calibration_option
+@click.option("--refer-at", default="0.90,0.95", show_default=True,
+              help="Target accuracies of the referral operating points (thresholds chosen on validation).")
+@click.option("--min-group", type=int, default=30, show_default=True,
+              help="Subgroups with fewer images are listed as too small instead of scored.")
 @bootstrap_options
 @devices_option
 @cache_option
@@ -335,7 +355,57 @@ def cls_eval_cmd(out, images, devices, **values):
         diff = metrics["paired"]["balanced_accuracy"]
         click.echo(f"balanced accuracy minus {metrics['paired']['against']}: {diff['difference']:+.4f} "
                    f"[{diff['interval'][0]:+.4f}, {diff['interval'][1]:+.4f}], p={diff['p_value']:.3f}")
+    echo_trust(metrics)
     click.echo(f"Results: {out}")
+
+
+def echo_trust(metrics):
+    """Calibration, referral, TTA and subgroup lines of a cls-eval's metrics."""
+    calibration = metrics.get("calibration", {})
+    errors = [f"{name} ECE={calibration[name]['ece']:.4f}" for name in ("raw", "calibrated") if name in calibration]
+    click.echo(f"calibration: {', '.join(errors)} ({calibration.get('binning', '')}); {calibration.get('note', '')}")
+    referral = metrics.get("referral", {})
+    click.echo("referral AURC: " + ", ".join(f"{k}={v:.4f}" for k, v in referral.get("aurc", {}).items()))
+    for point in referral.get("operating_points", []):
+        here = point["here"]
+        click.echo(f"  target {point['target']:.0%}: " + (
+            "no validation threshold reaches it (refer every case)" if point["threshold"] is None else
+            f"threshold {point['threshold']:.4f} keeps {here['coverage']:.1%} at accuracy "
+            + ("n/a" if here["accuracy"] is None else f"{here['accuracy']:.4f}")))
+    click.echo(f"  thresholds from {referral.get('threshold_source', 'n/a')}")
+    effect = metrics.get("tta", {})
+    if effect.get("views", 1) > 1:
+        one, many = effect["single_view"], effect["augmented"]
+        click.echo(f"tta {effect['mode']} ({effect['views']} views): balanced_accuracy {one['balanced_accuracy']:.4f} "
+                   f"-> {many['balanced_accuracy']:.4f}, ECE {one['ece']:.4f} -> {many['ece']:.4f}")
+    groups = metrics.get("subgroups", {})
+    if groups:
+        click.echo(f"subgroups: {groups['groups']} groups ({groups['too_small']} too small); flagged: "
+                   + ("; ".join(groups["flagged"]) or "none") + f" -> {groups['file']}")
+
+
+@cli.command("cls-calibrate")
+@click.option("--run", "run", type=click.Path(exists=True), required=True,
+              help="A cls-train run folder (or a .keras inside it; default its best.keras).")
+@click.option("--refer-at", default="0.90,0.95", show_default=True,
+              help="Target accuracies of the referral thresholds, chosen on the validation split.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@devices_option
+@cache_option
+@friendly_errors
+def cls_calibrate_cmd(devices, **values):
+    """Fit a run's temperature (validation NLL) and referral thresholds; writes RUN/calibration.json."""
+    from skinkeras.classification.calibrate import run_calibrate
+    from skinkeras.config import CalibrateConfig
+
+    found = run_calibrate(CalibrateConfig(devices=devices or "auto", **values))
+    click.echo(f"temperature {found['temperature']:.4f} on {found['fitted_on']['images']} validation images: "
+               f"NLL {found['raw']['nll']:.4f} -> {found['calibrated']['nll']:.4f}, "
+               f"ECE {found['raw']['ece']:.4f} -> {found['calibrated']['ece']:.4f}")
+    for point in found["referral"]["targets"]:
+        click.echo(f"  refer below {point['threshold']:.4f}: {point['coverage']:.1%} kept at accuracy "
+                   f"{point['accuracy']:.4f} (target {point['target']:.0%})" if point["threshold"] is not None else
+                   f"  target {point['target']:.0%}: no threshold reaches it on validation")
 
 
 @cli.command("cls-anchor")
@@ -535,6 +605,10 @@ def gradcam_cmd(out, **values):
 @click.option("--sex", default=None, help="male | female (omit if unknown).")
 @click.option("--site", default=None, help="Anatomical site, e.g. back, face, lower extremity (omit if unknown).")
 @click.option("--method", default="gradcam", show_default=True, help="gradcam | layercam")
+@tta_option
+@calibration_option
+@click.option("--refer-at", default="0.90", show_default=True,
+              help="The target accuracy whose validation threshold decides 'refer to a clinician'.")
 @precision_option
 @click.option("--out", default=None, help="Write the mask, segmented image, CAM and prediction.json here.")
 @friendly_errors
@@ -544,8 +618,17 @@ def predict_cmd(out, **values):
     from skinkeras.explain.predict import predict
 
     report = predict(PredictConfig(out=out, **values))
+    click.echo(report["calibration"])
     for name, prob in report["probabilities"].items():
         click.echo(f"{name:>8s} {prob:.4f}")
+    referral = report["referral"]
+    if referral["refer"]:
+        click.echo(f"refer to a clinician: confidence {referral['confidence']:.4f} is below the threshold "
+                   f"{referral['threshold']:.4f} ({referral['source']})")
+    elif referral["threshold"] is None:
+        click.echo(f"no referral threshold: {referral['source']}")
+    else:
+        click.echo(f"confidence {referral['confidence']:.4f} >= threshold {referral['threshold']:.4f} ({referral['source']})")
     if not report["metadata_available"]:
         click.echo("(no metadata given: the metadata branch was masked out)")
     if out:

@@ -9,6 +9,9 @@ are exposed here; the CLI (`python cli.py ...`) calls the same functions.
 
     run_dir = train_segmentation(SegTrainConfig(data_dir="ISIC2018", weights="none", image_size=128, epochs=5))
     model = load_model(f"{run_dir}/best.keras")
+
+Trust: `calibrate(run_dir)` fits a run's temperature and referral thresholds on its validation split;
+`skinkeras.trust` holds the calibration, referral and subgroup metrics as functions of arrays.
 """
 
 __version__ = "0.1.0"
@@ -20,9 +23,12 @@ quiet_tensorflow_startup()
 enable_jax_compilation_cache()
 
 from skinkeras import layers  # noqa: F401  (registers the custom layers)
+from skinkeras import trust  # noqa: F401  (calibration, referral and subgroup metrics on arrays)
+from skinkeras.classification.calibrate import calibrate
 from skinkeras.classification.evaluate import evaluate_classification
 from skinkeras.classification.train import train_classification
 from skinkeras.config import (
+    CalibrateConfig,
     ClsEvalConfig,
     ClsTrainConfig,
     ExplainConfig,
@@ -52,6 +58,7 @@ from skinkeras.segmentation.segment import segment
 from skinkeras.segmentation.train import train_segmentation
 
 __all__ = [
+    "CalibrateConfig",
     "ClsEvalConfig",
     "ClsTrainConfig",
     "Contract",
@@ -71,6 +78,7 @@ __all__ = [
     "build_tdbn",
     "build_unet",
     "build_unetpp",
+    "calibrate",
     "contract_of",
     "data_format_scope",
     "ensure_cache",
@@ -90,5 +98,6 @@ __all__ = [
     "segment",
     "train_classification",
     "train_segmentation",
+    "trust",
     "with_precision",
 ]

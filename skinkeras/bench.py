@@ -353,8 +353,8 @@ def _build(arch, cfg, precision):
         cfg: its config.
         precision: fp32 | bf16 | fp16.
     """
-    from skinkeras.classification.records import dataset_classes
     from skinkeras.data.metadata import MetadataEncoder
+    from skinkeras.data.sets import dataset_classes
     from skinkeras.models.contract import CLASSIFICATION
     from skinkeras.precision import precision_scope
 
@@ -637,9 +637,9 @@ def _measure_reference(backend, plan, modes, image_size, batch_size, steps, repe
                 todo.append(len(rows) - 1)
     if not todo:
         return rows
-    from skinkeras.classification.records import dataset_classes
     from skinkeras.config import ClsTrainConfig
     from skinkeras.data.metadata import MetadataEncoder
+    from skinkeras.data.sets import dataset_classes
 
     # The widths the Keras TDBN of the same row is built with (`_build`).
     classes = len(dataset_classes(ClsTrainConfig.__dataclass_fields__["dataset"].default))

@@ -13,6 +13,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from skinkeras import runs
+
 
 def _check_value(name, value, annotation):
     """Raises a one-line ValueError when `value` does not fit the field's annotation."""
@@ -99,6 +101,15 @@ def _devices(cfg):
     from skinkeras.distribute import parse_devices
 
     cfg.devices = str(parse_devices(cfg.devices))
+
+
+def _trust(cfg):
+    """Checks the test-time augmentation and the referral targets (one line each)."""
+    from skinkeras.data.pipeline import TTA_VIEWS
+    from skinkeras.trust.referral import parse_targets
+
+    _one_of(cfg, "tta", tuple(TTA_VIEWS))
+    parse_targets(cfg.refer_at)
 
 
 def _precision(cfg):
@@ -316,7 +327,7 @@ class ClsTrainConfig(TrainConfig):
 
     def check(self):
         super().check()
-        from skinkeras.classification.records import dataset_classes
+        from skinkeras.data.sets import dataset_classes
         from skinkeras.models.encoders import encoder_spec
 
         dataset_classes(self.dataset)
@@ -463,6 +474,10 @@ class ClsEvalConfig(BaseConfig):
         against: another model's cls-eval folder on the same images: adds paired bootstrap differences.
         cache: input cache written by `prepare` (read instead of decoding the image files).
         precision: compute precision of prediction, fp32 | bf16 | fp16 (None: the model's own).
+        tta: test-time augmentation, none | flip | flip-rotate (mean of the views' probabilities).
+        calibration: apply the run's calibration.json (False: raw probabilities).
+        refer_at: target accuracies of the referral operating points, comma-separated.
+        min_group: subgroups with fewer images are listed as too small, not scored.
     """
 
     model: str
@@ -479,6 +494,10 @@ class ClsEvalConfig(BaseConfig):
     against: str | None = None
     cache: str | None = None
     precision: str | None = None
+    tta: str = "none"
+    calibration: bool = True
+    refer_at: str = "0.90,0.95"
+    min_group: int = 30
 
     def check(self):
         from skinkeras.data.sets import EXTERNAL_DATASETS
@@ -486,10 +505,38 @@ class ClsEvalConfig(BaseConfig):
         _devices(self)
         _precision(self)
         _positive(self, "batch_size")
+        _trust(self)
+        _positive(self, "min_group")
         _within(self, "bootstrap", 0, 1_000_000)
         _one_of(self, "subset", ("train", "val", "test"))
         if self.dataset in EXTERNAL_DATASETS and not self.data_dir:
             raise ValueError(f"--dataset {self.dataset} needs --data-dir DIR in its official layout")
+
+
+@dataclass
+class CalibrateConfig(BaseConfig):
+    """`cls-calibrate`: a classifier run's temperature and referral thresholds, fitted on its validation split.
+
+    Args:
+        run: a cls-train run folder (or a model file inside it; default its best.keras).
+        refer_at: target accuracies of the referral thresholds, comma-separated.
+        batch_size: prediction batch size.
+        cache: input cache of the run's images (default: the run's own).
+        devices: data-parallel devices for prediction (auto or N).
+    """
+
+    run: str
+    refer_at: str = "0.90,0.95"
+    batch_size: int = 16
+    cache: str | None = None
+    devices: str | int = "auto"
+
+    def check(self):
+        from skinkeras.trust.referral import parse_targets
+
+        _devices(self)
+        _positive(self, "batch_size")
+        parse_targets(self.refer_at)
 
 
 @dataclass
@@ -552,6 +599,9 @@ class PredictConfig(BaseConfig):
         layer: CAM target layer (default: the model's explanation targets).
         precision: compute precision of the two predictions, fp32 | bf16 | fp16 (None: the models' own);
             Grad-CAM runs on the model as saved, in its float32 gradients.
+        tta: test-time augmentation of the probabilities, none | flip | flip-rotate.
+        calibration: apply the run's calibration.json (False: raw probabilities).
+        refer_at: the target accuracy whose validation threshold decides "refer to a clinician".
     """
 
     image: str
@@ -564,9 +614,17 @@ class PredictConfig(BaseConfig):
     method: str = "gradcam"
     layer: str | None = None
     precision: str | None = None
+    tta: str = "none"
+    calibration: bool = True
+    refer_at: str = "0.90"
 
     def check(self):
+        from skinkeras.trust.referral import parse_targets
+
         _precision(self)
+        _trust(self)
+        if len(parse_targets(self.refer_at)) != 1:
+            raise ValueError(f"--refer-at {self.refer_at}: predict takes one target accuracy, e.g. 0.90")
         _one_of(self, "method", ("gradcam", "layercam"))
         _within(self, "age", 0, 120)
 
@@ -661,10 +719,6 @@ class ReproduceConfig(BaseConfig):
         for name in self.external:
             if name not in EXTERNAL_DATASETS:
                 raise ValueError(f"Unknown --external {name}; valid: {', '.join(EXTERNAL_DATASETS)} (NAME=DIR)")
-        # Every row's config is checked now, not after hours of the rows before it.
-        from skinkeras.reproduce import check_rows
-
-        check_rows(self)
 
 
 def load_toml(path):
@@ -716,9 +770,13 @@ def from_json(cls, path):
     Args:
         cls: config dataclass.
         path: JSON file.
+
+    Raises:
+        FileNotFoundError, ValueError: the file is missing or damaged, in one line (`runs.read_json`).
     """
-    with open(path) as f:
-        values = json.load(f)
+    values = runs.read_json(path)
+    if not isinstance(values, dict):
+        raise runs.run_file_error(path, f"a JSON {type(values).__name__}, not an object of settings")
     try:
         return cls.from_dict(values)
     except ValueError as exc:

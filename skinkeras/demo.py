@@ -38,7 +38,7 @@ def _test_image(run_dir, data_dir):
 
     from skinkeras.data.ham10000 import METADATA_CSV
 
-    split = pd.read_csv(os.path.join(run_dir, runs.SPLIT_CSV))
+    split = runs.read_csv(os.path.join(run_dir, runs.SPLIT_CSV), columns=("image_id", "subset", "image_path", "dx"))
     row = split[split.subset == "test"].sort_values("image_id").iloc[0]
     meta = pd.read_csv(os.path.join(data_dir, METADATA_CSV)).set_index("image_id").loc[row.image_id]
     age = None if pd.isna(meta.age) else float(meta.age)

@@ -212,7 +212,7 @@ def one_image_inputs(contract, views, encoder, age=None, sex=None, site=None):
     return {k: v for k, v in inputs.items() if k in contract.inputs}, bool(avail.any())
 
 
-def classifier_dataset(model, arrays, labels, batch_size, rows):
+def classifier_dataset(model, arrays, labels, batch_size, rows, orientation=None):
     """Batches of the model's inputs over `rows` (no augmentation, in order).
 
     Args:
@@ -221,15 +221,16 @@ def classifier_dataset(model, arrays, labels, batch_size, rows):
         labels: (N,) int labels (or -1).
         batch_size: batch size.
         rows: row positions to predict.
+        orientation: one test-time view (quarter turns, flip) of every image, or None.
     """
     from skinkeras.data.pipeline import ClassificationDataset
 
     contract = contract_of(model)
     return ClassificationDataset(arrays, labels, contract.inputs, batch_size, image_inputs=contract.image_inputs,
-                                 plan=lambda epoch: rows)
+                                 plan=lambda epoch: rows, orientation=orientation)
 
 
-def predict_probabilities(model, arrays, labels, rows, batch_size=16, progress=False):
+def predict_probabilities(model, arrays, labels, rows, batch_size=16, progress=False, orientation=None):
     """(len(rows), num_classes) probabilities of a classifier.
 
     Args:
@@ -239,11 +240,35 @@ def predict_probabilities(model, arrays, labels, rows, batch_size=16, progress=F
         rows: row positions to predict.
         batch_size: batch size.
         progress: show Keras' progress bar.
+        orientation: one test-time view (quarter turns, flip) of every image, or None.
     """
-    dataset = classifier_dataset(model, arrays, labels, batch_size, rows)
+    dataset = classifier_dataset(model, arrays, labels, batch_size, rows, orientation)
     # Padded to whole batches, then trimmed below: one compile of the predict step.
     dataset.distribute(_single_process_placement(), training=False)
     return np.asarray(model.predict(dataset, verbose=1 if progress else 0))[: len(rows)]
+
+
+def predict_views(model, arrays, labels, rows, batch_size=16, tta="none", progress=False):
+    """(views, len(rows), num_classes) probabilities of each test-time view (`TTA_VIEWS[tta]`).
+
+    The mean over the first axis is the test-time-augmented prediction; its spread is a second confidence
+    score (`skinkeras.trust.referral.view_spread`).
+
+    Args:
+        model: classifier.
+        arrays: from `cls_arrays`.
+        labels: (N,) int labels (or -1).
+        rows: row positions to predict.
+        batch_size: batch size.
+        tta: none | flip | flip-rotate.
+        progress: show Keras' progress bar.
+    """
+    from skinkeras.data.pipeline import TTA_VIEWS
+
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"--tta {tta!r}: choose one of {', '.join(TTA_VIEWS)}")
+    return np.stack([predict_probabilities(model, arrays, labels, rows, batch_size, progress, view)
+                     for view in TTA_VIEWS[tta]])
 
 
 @dataclass
@@ -257,6 +282,8 @@ class ClsRun:
         encoder: the run's fitted `MetadataEncoder`.
         dir: the run folder.
         path: the model file.
+        calibration: the run's calibration.json when it applies to this model file, else None.
+        calibration_note: one line saying which probabilities are used and why.
     """
 
     model: object
@@ -265,26 +292,67 @@ class ClsRun:
     encoder: object
     dir: str
     path: str
+    calibration: dict | None = None
+    calibration_note: str = ""
 
     @property
     def contract(self):
         return contract_of(self.model)
 
     @property
+    def temperature(self):
+        """The fitted temperature, or None when the probabilities are used raw."""
+        return self.calibration["temperature"] if self.calibration else None
+
+    def calibrated(self, probs):
+        """The probabilities this run answers with: temperature-scaled when calibrated, else as given.
+
+        Args:
+            probs: (N, C) raw probabilities of the model.
+        """
+        from skinkeras.trust.calibration import scale_temperature
+
+        return scale_temperature(probs, self.temperature) if self.calibration else np.asarray(probs, np.float64)
+
+    def referral_threshold(self, target):
+        """(threshold, source) of the run's referral at `target` accuracy, or (None, reason).
+
+        Args:
+            target: accuracy the kept cases reached on validation, e.g. 0.95.
+        """
+        if not self.calibration:
+            return None, self.calibration_note
+        for point in self.calibration.get("referral", {}).get("targets", []):
+            if abs(point["target"] - float(target)) < 1e-9:
+                if point["threshold"] is None:
+                    return None, f"no threshold reached {target:.0%} accuracy on {self.calibration_source}"
+                return point["threshold"], (f"calibrated confidence >= {point['threshold']:.4f} kept "
+                                            f"{point['accuracy']:.1%} accuracy at {point['coverage']:.1%} coverage "
+                                            f"on {self.calibration_source}")
+        return None, (f"no referral threshold for {target:.0%} in {runs.CALIBRATION_JSON}; run `cls-calibrate --run "
+                      f"{self.dir} --refer-at {target}`")
+
+    @property
+    def calibration_source(self):
+        fitted = (self.calibration or {}).get("fitted_on", {})
+        return f"{fitted.get('images', '?')} {fitted.get('subset', 'val')} images of {self.dir}"
+
+    @property
     def needs_segmented(self):
         return SEGMENTED in self.contract.inputs
 
 
-def load_cls_run(model_path, precision=None):
+def load_cls_run(model_path, precision=None, calibration=True):
     """Loads RUN/best.keras of `cls-train` with its run folder's config, class names and metadata encoder.
 
     Args:
         model_path: a `.keras` file inside a cls-train run folder.
         precision: fp32 | bf16 | fp16 to compute in, or None for the model's own.
+        calibration: use the run's calibration.json when it was fitted for this model file (False: raw).
     """
-    from skinkeras.classification.records import dataset_classes
     from skinkeras.config import ClsTrainConfig, from_json
     from skinkeras.data.metadata import MetadataEncoder
+    from skinkeras.data.sets import dataset_classes
 
     run_dir = os.path.dirname(os.path.abspath(model_path))
     model = load_model(model_path, task=CLASSIFICATION, precision=precision)
@@ -292,4 +360,31 @@ def load_cls_run(model_path, precision=None):
         raise FileNotFoundError(f"{run_dir} has no config.json: give the best.keras inside a cls-train run folder")
     cfg = from_json(ClsTrainConfig, os.path.join(run_dir, "config.json"))
     encoder = MetadataEncoder.from_dict(runs.read_json(os.path.join(run_dir, "metadata_encoder.json")))
-    return ClsRun(model, cfg, dataset_classes(cfg.dataset), encoder, run_dir, os.path.abspath(model_path))
+    run = ClsRun(model, cfg, dataset_classes(cfg.dataset), encoder, run_dir, os.path.abspath(model_path))
+    run.calibration, run.calibration_note = run_calibration(run_dir, model_path, calibration)
+    return run
+
+
+def run_calibration(run_dir, model_path, use=True):
+    """(calibration dict or None, one-line note) for a model file of a classifier run.
+
+    The temperature belongs to the model it was fitted on: a calibration.json written for another file (an
+    earlier best.keras, or last.keras) is not applied, and the note says how to fit one.
+
+    Args:
+        run_dir: the run folder.
+        model_path: the model file evaluated.
+        use: False for raw probabilities (--no-calibration).
+    """
+    path = os.path.join(run_dir, runs.CALIBRATION_JSON)
+    if not use:
+        return None, "raw probabilities (--no-calibration)"
+    if not os.path.isfile(path):
+        return None, f"raw probabilities: the run has no {runs.CALIBRATION_JSON} (fit one: cls-calibrate --run {run_dir})"
+    found = runs.read_json(path)
+    if found.get("model_sha256") != runs.file_sha256(model_path):
+        return None, (f"raw probabilities: {path} was fitted on another model file than {model_path} "
+                      f"(fit again: cls-calibrate --run {run_dir})")
+    fitted = found.get("fitted_on", {})
+    return found, (f"calibrated probabilities: temperature {found['temperature']:.3f} fitted on "
+                   f"{fitted.get('images', '?')} {fitted.get('subset', 'val')} images ({path})")

@@ -412,7 +412,7 @@ def add_paired(cfg, records, table, reference):
         reference: architecture name of the reference row.
     """
     from skinkeras.classification.evaluate import paired_against
-    from skinkeras.classification.records import dataset_classes
+    from skinkeras.data.sets import dataset_classes
 
     ref = next((r for r in records if r["row"] == reference and r["status"] == "ok"), None)
     for record in records:
@@ -432,6 +432,9 @@ def add_paired(cfg, records, table, reference):
 def reproduce(cfg: ReproduceConfig, progress=True):
     """Runs every row of the requested tables, then writes results.md and results.csv; returns the records.
 
+    Every row's config is built first (`check_rows`): a bad value raises `ValueError` in one line before
+    anything is written.
+
     Args:
         cfg: `ReproduceConfig`.
         progress: show progress bars.
@@ -439,6 +442,8 @@ def reproduce(cfg: ReproduceConfig, progress=True):
     from skinkeras import distribute
     from skinkeras.models.registry import get_architecture
 
+    # Every row's config is checked now, before any folder or run, not after hours of the rows before it.
+    check_rows(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     runs.write_json(os.path.join(cfg.out, "reproduce.json"), dataclasses.asdict(cfg))
     distribute.configure(cfg.devices)

@@ -11,8 +11,6 @@ import socket
 import subprocess
 import sys
 
-import keras
-
 
 def default_run_dir(command):
     """Returns runs/<command>-<timestamp>.
@@ -42,6 +40,8 @@ def environment(seed=None):
     Args:
         seed: the run's seed.
     """
+    import keras  # here, so that config (Keras-free) can read run files through this module
+
     return {
         "seed": seed,
         "backend": keras.backend.backend(),
@@ -52,6 +52,21 @@ def environment(seed=None):
         "command": " ".join(sys.argv),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes (what ties a run's calibration to the model file it was fitted on).
+
+    Args:
+        path: the file.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path, data):
@@ -65,14 +80,53 @@ def write_json(path, data):
         json.dump(data, f, indent=2, default=float)
 
 
-def read_json(path):
-    """Reads a JSON file.
+def read_json(path, writer=None):
+    """Reads a JSON file of a run folder; a missing or damaged one raises one line naming it and the fix.
 
     Args:
-        path: input file.
+        path: input file (config.json, classes.json, metadata_encoder.json, metrics.json, ...).
+        writer: the command that writes it, for the message (default: `WRITTEN_BY` by file name).
+
+    Raises:
+        FileNotFoundError: the file is missing (`run_file_error`).
+        ValueError: it is not valid JSON (`run_file_error`).
     """
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise run_file_error(path, writer=writer) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise run_file_error(path, exc, writer) from None
+
+
+def read_csv(path, columns=(), writer=None, **kwargs):
+    """Reads a CSV file of a run folder with pandas; missing, unparsable or incomplete: one line naming it.
+
+    Values are read as strings (`dtype=str`, empty cells stay ""), unless `kwargs` say otherwise.
+
+    Args:
+        path: input file (split.csv, history.csv, ...).
+        columns: columns it must have.
+        writer: the command that writes it, for the message (default: `WRITTEN_BY` by file name).
+        **kwargs: more `pandas.read_csv` arguments.
+
+    Raises:
+        FileNotFoundError: the file is missing (`run_file_error`).
+        ValueError: it cannot be parsed or lacks one of `columns` (`run_file_error`).
+    """
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, **{"dtype": str, "keep_default_na": False, **kwargs})
+    except FileNotFoundError:
+        raise run_file_error(path, writer=writer) from None
+    except ValueError as exc:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        raise run_file_error(path, exc, writer) from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise run_file_error(path, f"no column {', '.join(missing)}", writer)
+    return df
 
 
 def write_skipped(run_dir, skipped, name="skipped.csv"):
@@ -102,15 +156,50 @@ VAL_PREDICTIONS = "val_predictions.csv"
 VAL_GROUND_TRUTH = "val_ground_truth.csv"
 WORST_DIR = "worst"
 WORST_CSV = "worst.csv"
+# A classifier run's temperature and referral thresholds, fitted on its validation split.
+CALIBRATION_JSON = "calibration.json"
 # An evaluation's lesion id per scored image, so paired comparisons resample the same lesions.
 LESIONS_CSV = "lesions.csv"
+
+# Who writes each run file that is read back, named when one is missing or damaged (`run_file_error`).
+TRAINING = "seg-train / cls-train"
+WRITTEN_BY = {"config.json": TRAINING, SPLIT_CSV: TRAINING, "history.csv": TRAINING, "env.json": "every command",
+              "classes.json": "cls-train", "metadata_encoder.json": "cls-train", CALIBRATION_JSON: "cls-calibrate"}
+
+
+def run_file_error(path, reason=None, writer=None):
+    """The one-line error of a run file read back: missing (`reason` None) or damaged (`reason` says how).
+
+    A damaged file: `ValueError: RUN/config.json is damaged (Unterminated string starting at: line 2 column
+    15); restore it from a copy or train the run again`.
+
+    Args:
+        path: the file.
+        reason: what is wrong with it (an exception or text), or None when it is missing.
+        writer: the command that writes it (default: `WRITTEN_BY` by file name).
+
+    Returns:
+        `FileNotFoundError` (missing) or `ValueError` (damaged), to raise.
+    """
+    writer = writer or WRITTEN_BY.get(os.path.basename(path))
+    if writer in (TRAINING, "cls-train"):
+        redo = "train the run again"
+    else:
+        redo = f"run {writer} again" if writer else "run the command that made its folder again"
+    if reason is None:
+        return FileNotFoundError(f"{path} is missing ({writer or 'its command'} writes it); give the right folder "
+                                 f"or {redo}")
+    reason = " ".join(str(reason).split()) or type(reason).__name__
+    return ValueError(f"{path} is damaged ({reason}); restore it from a copy or {redo}")
+
 
 # Files that mean a run folder holds finished work (training started and wrote something worth keeping).
 FINISHED_WORK = ("history.csv", "last.keras", "best.keras", "metrics.json")
 # What a fresh start (--overwrite) removes: the files a run writes.
 RUN_FILES = FINISHED_WORK + ("config.json", "env.json", SPLIT_CSV, "skipped.csv", "classes.json",
                              "metadata_encoder.json", "training_curves.png", "class_distribution.png",
-                             VAL_PREDICTIONS, VAL_GROUND_TRUTH, WORST_CSV, REPORT_HTML)
+                             VAL_PREDICTIONS, VAL_GROUND_TRUTH, WORST_CSV, REPORT_HTML, CALIBRATION_JSON,
+                             "reliability.png")
 # Folders a run writes, removed with it.
 RUN_FOLDERS = (WORST_DIR,)
 
@@ -278,8 +367,14 @@ def read_history(path):
 
     Args:
         path: history.csv path.
+
+    Raises:
+        ValueError: the file is damaged (`run_file_error`).
     """
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    rows = read_csv(path, columns=("epoch",)).to_dict("records")
+    try:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in rows]
+    except ValueError as exc:  # a cell that is no number
+        raise run_file_error(path, exc) from None

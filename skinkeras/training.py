@@ -5,7 +5,8 @@ loads its data, and hands `fit_run` a `TrainingPlan`: how to build the
 compiled model, its datasets, the monitored metric and how to score the best
 checkpoint. Everything else (resume from last.keras, atomic best.keras /
 last.keras, history.csv, training_curves.png, metrics.json with size and
-time, report.html) lives here once.
+time, report.html) lives here once; the drawing functions themselves come
+with the plan, since `skinkeras.report` is a stage above this module.
 """
 
 import csv
@@ -271,6 +272,9 @@ class TrainingPlan:
         monitor: log key whose maximum selects best.keras.
         evaluate: best model -> dict of validation scores for metrics.json.
         curve_metric: metric suffix drawn beside the loss in training_curves.png.
+        draw_curves: (history.csv, training_curves.png, curve_metric) -> None
+            (`skinkeras.report.figures.plot_history`).
+        write_report: run folder -> None, never raising (`skinkeras.report.html.write_run_report`).
         export: training model -> the model stored as best.keras.
         info: extra metrics.json entries.
     """
@@ -280,6 +284,8 @@ class TrainingPlan:
     monitor: str
     evaluate: Callable
     curve_metric: str
+    draw_curves: Callable
+    write_report: Callable
     export: Callable = export_model
     info: dict = dataclasses.field(default_factory=dict)
 
@@ -316,9 +322,6 @@ def fit_run(run, plan, progress=True):
     Returns:
         the run folder.
     """
-    from skinkeras.report.figures import plot_history
-    from skinkeras.report.html import write_run_report
-
     cfg = run.cfg
     placement = run.placement
     model, history = restore_or_build(run, plan.build)
@@ -342,7 +345,7 @@ def fit_run(run, plan, progress=True):
     if placement.num_processes > 1:
         # The others are done; scoring best.keras needs no collective, so process 0 does it on its own device.
         distribute.reset()
-    plot_history(run.path(HISTORY_CSV), run.path(CURVES_PNG), metric=plan.curve_metric)
+    plan.draw_curves(run.path(HISTORY_CSV), run.path(CURVES_PNG), plan.curve_metric)
 
     best_model = keras.models.load_model(run.path(BEST), compile=False, safe_mode=True)
     rows = run.history
@@ -362,5 +365,5 @@ def fit_run(run, plan, progress=True):
         **model_size(best_model),
     }
     runs.write_json(run.path(METRICS_JSON), metrics)
-    write_run_report(run.dir)
+    plan.write_report(run.dir)
     return run.dir

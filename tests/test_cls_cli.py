@@ -235,3 +235,62 @@ def test_cls_diagnose_on_a_tdbn_and_its_refusal_elsewhere(tdbn_run, learned_run,
     bad = CliRunner().invoke(cli, ["cls-diagnose", "--model", str(learned_run / "best.keras"), "--out",
                                    str(tmp_path / "no")])
     assert bad.exit_code != 0 and "needs a TDBN" in bad.output
+
+
+def test_calibration_referral_tta_and_subgroups_through_the_cli(tdbn_run, tmp_path):
+    from skinkeras.trust.calibration import calibration_errors, scale_temperature
+
+    # cls-train fitted the temperature of best.keras on its validation split
+    written = json.loads((tdbn_run / "calibration.json").read_text())
+    split = pd.read_csv(tdbn_run / "split.csv")
+    assert written["fitted_on"]["images"] == (split.subset == "val").sum() and written["model"] == "best.keras"
+    assert written["calibrated"]["nll"] <= written["raw"]["nll"] + 1e-9
+    # cls-calibrate predicts the split again and finds the same temperature
+    (tdbn_run / "calibration.json").unlink()
+    text = ok("cls-calibrate", "--run", tdbn_run, "--refer-at", "0.5,0.9")
+    again = json.loads((tdbn_run / "calibration.json").read_text())
+    assert again["temperature"] == pytest.approx(written["temperature"], rel=1e-4), text
+    assert [p["target"] for p in again["referral"]["targets"]] == [0.5, 0.9]
+
+    out, raw_out = tmp_path / "eval", tmp_path / "raw"
+    text = ok("cls-eval", "--model", tdbn_run / "best.keras", "--tta", "flip", "--refer-at", "0.5",
+              "--min-group", 5, "--bootstrap", 100, "--out", out)
+    assert "calibrated probabilities: temperature" in text and "subgroups:" in text
+    ok("cls-eval", "--model", tdbn_run / "best.keras", "--tta", "flip", "--no-calibration", "--bootstrap", 0,
+       "--out", raw_out)
+    for name in ("reliability.png", "risk_coverage.csv", "risk_coverage.png", "subgroups.csv"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    raw = json.loads((raw_out / "metrics.json").read_text())
+    assert metrics["calibration"]["applied"] and not raw["calibration"]["applied"]
+    # the scored probabilities are the raw TTA mean, temperature-scaled
+    cal_csv, raw_csv = pd.read_csv(out / "predictions.csv"), pd.read_csv(raw_out / "predictions.csv")
+    np.testing.assert_allclose(scale_temperature(raw_csv.iloc[:, 1:].to_numpy(), again["temperature"]),
+                               cal_csv.iloc[:, 1:].to_numpy(), atol=1e-6)
+    truth = pd.read_csv(out / "ground_truth.csv").iloc[:, 1:].to_numpy().argmax(axis=1)
+    for block, frame in ((metrics["calibration"]["calibrated"], cal_csv), (raw["calibration"]["raw"], raw_csv)):
+        assert block["ece"] == pytest.approx(calibration_errors(truth, frame.iloc[:, 1:].to_numpy())["ece"], abs=1e-6)
+    assert metrics["calibration"]["calibrated"]["intervals"]["ece"] is not None
+    # the TTA effect is measured against the single view, and the second score gets its own area
+    assert metrics["tta"]["views"] == 3 and set(metrics["tta"]["single_view"]) >= {"balanced_accuracy", "ece"}
+    assert set(metrics["referral"]["aurc"]) == {"max_probability", "tta_spread"}
+    curve = pd.read_csv(out / "risk_coverage.csv")
+    mine = curve[curve.score == "max_probability"]
+    confidence = cal_csv.iloc[:, 1:].to_numpy().max(axis=1)
+    assert (np.diff(mine.coverage) > 0).all() and mine.coverage.iloc[-1] == 1.0
+    assert mine.accuracy.iloc[-1] == pytest.approx(metrics["accuracy"])
+    for threshold, coverage in zip(mine.threshold, mine.coverage):  # the CSV holds 8 decimals
+        assert coverage == pytest.approx((confidence >= threshold).mean())
+    point = metrics["referral"]["operating_points"][0]
+    assert point["target"] == 0.5 and "val split" in metrics["referral"]["threshold_source"]
+    if point["threshold"] is not None:
+        kept = cal_csv.iloc[:, 1:].to_numpy().max(axis=1) >= point["threshold"] - 1e-8
+        assert point["here"]["coverage"] == pytest.approx(kept.mean(), abs=1 / len(kept))
+    # the subgroup table starts with the whole set, equal to the headline scores
+    groups = pd.read_csv(out / "subgroups.csv")
+    assert groups.iloc[0].family == "all" and groups.iloc[0].images == metrics["images"]
+    assert groups.iloc[0].balanced_accuracy == pytest.approx(metrics["balanced_accuracy"], abs=1e-6)
+    assert {"sex", "age", "site", "dx_type"} <= set(groups.family) and set(groups.status) <= {"scored", "too small"}
+    # a calibration fitted on another file is not applied to this one, and says so
+    text = ok("cls-eval", "--model", tdbn_run / "last.keras", "--bootstrap", 0, "--out", tmp_path / "last")
+    assert "fitted on another model file" in text

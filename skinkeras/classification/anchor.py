@@ -18,10 +18,11 @@ from PIL import Image
 
 from skinkeras import runs
 from skinkeras.classification.evaluate import write_scores
-from skinkeras.classification.records import dataset_classes, load_cls_records
+from skinkeras.classification.records import load_cls_records
 from skinkeras.data import classification as cls_data
 from skinkeras.data.metadata import MetadataEncoder
 from skinkeras.data.pipeline import ImageReadError, read_rgb
+from skinkeras.data.sets import dataset_classes
 
 CENTRE = 0.5  # side of the central crop as a share of each image side: dermoscopy centres the lesion
 BINS = 16

@@ -11,11 +11,15 @@ from skinkeras.classification.records import OFFICIAL_COLUMNS, attach_segmented,
 from skinkeras.config import ClsEvalConfig
 from skinkeras.data.classification import epoch_prior, read_split
 from skinkeras.data.sets import EXTERNAL_DATASETS, external_records, model_labels
-from skinkeras.inference import cls_arrays, load_cls_run, model_image_size, predict_probabilities
+from skinkeras.classification.calibrate import referral_thresholds
+from skinkeras.classification.trust import trust_scores
+from skinkeras.inference import cls_arrays, load_cls_run, model_image_size, predict_views
 from skinkeras.precision import precision_of
 from skinkeras.intervals import classification_intervals, paired_difference
 from skinkeras.metrics import DECISION_METRICS, PRIOR_CORRECTED, classification_scores, prior_corrected
 from skinkeras.report.figures import plot_confusion, plot_roc
+from skinkeras.trust.referral import DEFAULT_TARGETS, parse_targets
+from skinkeras.trust.subgroups import MIN_GROUP
 
 
 MELANOMA = "mel"
@@ -152,13 +156,17 @@ def decision_scores(labels, probs, classes, prior, groups, n_resamples, seed, ex
 
 
 def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir=None, batch_size=16, progress=True,
-             dataset=None, bootstrap=1000, seed=0, cache=None, precision=None):
+             dataset=None, bootstrap=1000, seed=0, cache=None, precision=None, tta="none", calibration=True,
+             refer_at=DEFAULT_TARGETS, min_group=MIN_GROUP):
     """Evaluates a classifier on its run's test split (or another labelled set) in the ISIC formats.
 
     Writes metrics.json (accuracy, balanced_accuracy, auc_macro, top2_accuracy, melanoma_auc, per-class
     precision / recall / F1 / AUC, 95% bootstrap intervals resampled by lesion, and under "prior_corrected" the
     balanced decision's scores, `decision_scores`), predictions.csv (the model's own probabilities) and
-    ground_truth.csv (ISIC challenge format, official class names), confusion_matrix.png and roc.png.
+    ground_truth.csv (ISIC challenge format, official class names), confusion_matrix.png and roc.png, and the
+    trust block (`skinkeras.classification.trust`): calibration raw and calibrated with reliability.png, the
+    risk-coverage curve with the referral operating points, the test-time augmentation's effect and
+    subgroups.csv. The scored probabilities are the run's calibrated ones when its calibration.json applies.
 
     Args:
         model_path: RUN/best.keras of `cls-train` (its run folder supplies config, split and metadata encoder).
@@ -176,8 +184,13 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
         seed: bootstrap seed.
         cache: input cache written by `prepare` for the evaluated images (read instead of decoding them).
         precision: fp32 | bf16 | fp16 to predict in, or None for the model's own.
+        tta: test-time augmentation, none | flip | flip-rotate.
+        calibration: apply the run's calibration.json (False: raw probabilities).
+        refer_at: target accuracies of the referral operating points.
+        min_group: subgroups with fewer images are listed as too small.
     """
-    run = load_cls_run(model_path, precision)
+    run = load_cls_run(model_path, precision, calibration)
+    targets = parse_targets(refer_at)
     classes = run.classes
     external = dataset in EXTERNAL_DATASETS
     if external:
@@ -202,14 +215,25 @@ def cls_eval(model_path, out, subset="test", data_dir=None, images=None, seg_dir
     arrays, kept, skipped = cls_arrays(df, run.encoder, model_image_size(run.model), run.contract.inputs, progress,
                                        cache, dataset or run.cfg.dataset)
     labels = df.label.to_numpy(np.int64)
-    probs = predict_probabilities(run.model, arrays, labels, kept, batch_size, progress)
+    if progress:
+        print(run.calibration_note)
+    views = predict_views(run.model, arrays, labels, kept, batch_size, tta, progress)
+    views = np.asarray(views, np.float64)
+    probs = run.calibrated(views.mean(axis=0))
     labels, ids, groups = labels[kept], df.image_id.to_numpy()[kept], df.lesion_id.astype(str).to_numpy()[kept]
     info = {"source": source, "model": os.path.abspath(model_path), "skipped": len(skipped),
-            "precision": precision_of(run.model)}
+            "precision": precision_of(run.model), "probabilities": run.calibration_note, "tta": tta}
     if external:
         info.update({"dataset": dataset, "class_map": class_map})
-    return write_scores(out, ids, labels, groups, probs, classes, run.cfg.dataset, training_prior(run), bootstrap,
-                        seed, external, info, list(problems) + skipped)
+    metrics = write_scores(out, ids, labels, groups, probs, classes, run.cfg.dataset, training_prior(run), bootstrap,
+                           seed, external, info, list(problems) + skipped)
+    thresholds, source = referral_thresholds(run, targets, tta, batch_size, cache if not external else None,
+                                             progress)
+    metrics.update(trust_scores(out, labels, groups, classes, views, run, df.iloc[kept], dataset or run.cfg.dataset,
+                                tta, thresholds, source, min_group, bootstrap, seed, external,
+                                melanoma_index(classes)))
+    runs.write_json(os.path.join(out, "metrics.json"), metrics)
+    return metrics
 
 
 def write_scores(out, ids, labels, groups, probs, classes, dataset, prior, bootstrap=1000, seed=0, external=False,
@@ -330,7 +354,8 @@ def evaluate_classification(cfg: ClsEvalConfig, progress=True):
     """
     distribute.configure(cfg.devices)
     metrics = cls_eval(cfg.model, cfg.out, cfg.subset, cfg.data_dir, cfg.images, cfg.seg_dir, cfg.batch_size,
-                       progress, cfg.dataset, cfg.bootstrap, cfg.seed, cfg.cache, cfg.precision)
+                       progress, cfg.dataset, cfg.bootstrap, cfg.seed, cfg.cache, cfg.precision, cfg.tta,
+                       cfg.calibration, cfg.refer_at, cfg.min_group)
     if cfg.against:
         run = runs.read_json(os.path.join(os.path.dirname(os.path.abspath(cfg.model)), "classes.json"))
         metrics["paired"] = paired_against(cfg.out, cfg.against, run["classes"], run["dataset"], cfg.bootstrap or 1000,

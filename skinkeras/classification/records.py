@@ -9,31 +9,13 @@ import pandas as pd
 from skinkeras import runs
 from skinkeras.data import classification as cls_data
 from skinkeras.data.segdir import SegDir
+from skinkeras.data.sets import classification_records, dataset_classes
 
 OFFICIAL_COLUMNS = {
     # ISIC challenge CSV column -> our class name, in the official order (ISIC 2018 Task 3 for HAM10000, 2019).
     "ham10000": {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"},
     "isic2019": {c: c for c in ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")},
 }
-
-
-def _loaders():
-    from skinkeras.data import ham10000, isic2019
-
-    return {"ham10000": (ham10000.CLASSES, ham10000.load_ham10000),
-            "isic2019": (isic2019.CLASSES, isic2019.load_isic2019)}
-
-
-def dataset_classes(dataset):
-    """Class names of a classification dataset in label order.
-
-    Args:
-        dataset: "ham10000" or "isic2019".
-    """
-    table = _loaders()
-    if dataset not in table:
-        raise ValueError(f"Unknown --dataset {dataset!r}; valid: {', '.join(table)}")
-    return table[dataset][0]
 
 
 def attach_segmented(df, seg_dir, problems=()):
@@ -94,7 +76,7 @@ def load_cls_records(cfg, needs_segmented):
         print(f"The {cfg.dataset} files are absent here ({cfg.data_dir or cfg.images or 'no --data-dir'}): "
               f"trusting the records of the cache {cache.path} ({len(df)} images, their labels and metadata)")
         return df, []
-    df, problems = _loaders()[cfg.dataset][1](cfg.data_dir, cfg.images)
+    df, problems = classification_records(cfg.dataset, cfg.data_dir, cfg.images)
     if df.empty:
         raise ValueError(f"No usable {cfg.dataset} records in {cfg.data_dir or cfg.images} "
                          f"({len(problems)} rows left out); check its metadata CSV")

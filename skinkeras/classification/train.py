@@ -6,17 +6,21 @@ import keras
 import numpy as np
 
 from skinkeras import runs
+from skinkeras.classification.calibrate import fit_calibration
 from skinkeras.classification.evaluate import isic_csv
-from skinkeras.classification.records import dataset_classes, load_cls_records
+from skinkeras.classification.records import load_cls_records
 from skinkeras.config import ClsTrainConfig
 from skinkeras.data import classification as cls_data
 from skinkeras.data.metadata import MetadataEncoder
 from skinkeras.data.pipeline import ClassificationDataset
+from skinkeras.data.sets import dataset_classes
 from skinkeras.inference import cls_arrays, predict_probabilities
 from skinkeras.metrics import BalancedAccuracy, classification_scores
 from skinkeras.models.contract import contract_of
 from skinkeras.models.registry import build_model, get_architecture
-from skinkeras.training import TrainingPlan, fit_run, open_run
+from skinkeras.report.figures import plot_history
+from skinkeras.report.html import write_run_report
+from skinkeras.training import BEST, TrainingPlan, fit_run, open_run
 
 MONITOR = "val_balanced_accuracy"
 
@@ -85,7 +89,8 @@ def train_classification(cfg: ClsTrainConfig, resume=False, resume_epochs=None, 
     (best validation balanced accuracy, no optimizer state), history.csv,
     training_curves.png, metrics.json (validation scores of best.keras), the
     validation predictions in the ISIC format (val_predictions.csv,
-    val_ground_truth.csv) and report.html.
+    val_ground_truth.csv), calibration.json (temperature and referral thresholds of best.keras fitted on the
+    validation split, `skinkeras.classification.calibrate`) and report.html.
 
     Args:
         cfg: `ClsTrainConfig`.
@@ -153,6 +158,8 @@ def _fit(run, progress):
         ids = df.image_id.to_numpy()[val_idx]
         isic_csv(ids, probs, classes, cfg.dataset, run.path(runs.VAL_PREDICTIONS))
         isic_csv(ids, np.eye(len(classes))[labels[val_idx]], classes, cfg.dataset, run.path(runs.VAL_GROUND_TRUTH))
+        # The temperature and referral thresholds of best.keras, on the split that chose it (cls-calibrate redoes it).
+        fit_calibration(run.dir, run.path(BEST), labels[val_idx], probs)
         return {"val": classification_scores(labels[val_idx], probs, classes), "split": cfg.split,
                 "subset_images": {s: int(np.isin(np.flatnonzero(subset == s), kept).sum())
                                   for s in ("train", "val", "test")}}
@@ -161,4 +168,5 @@ def _fit(run, progress):
         build_model(cfg, num_classes=len(classes), **({"num_features": encoder.n_features}
                                                       if arch.needs_metadata else {})), cfg, len(classes))
     return fit_run(run, TrainingPlan(build=build, datasets=datasets, monitor=MONITOR, evaluate=evaluate,
-                                     curve_metric="accuracy", info={"model": cfg.arch}), progress)
+                                     curve_metric="accuracy", draw_curves=plot_history,
+                                     write_report=write_run_report, info={"model": cfg.arch}), progress)

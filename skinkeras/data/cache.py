@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from skinkeras.data.segdir import MASKS_DIR
-from skinkeras.models.contract import SEGMENTED
+from skinkeras.names import SEGMENTED
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -36,7 +36,7 @@ CACHED_CLASSIFICATION_SETS = ("ham10000", "isic2019")
 DATASETS = CACHED_SEGMENTATION_SETS + CACHED_CLASSIFICATION_SETS
 RESIZE_METHOD = ("images: skinkeras.data.pipeline.resize_rgb (PIL bilinear, uint8 RGB); "
                  "masks: skinkeras.data.masks.resize_mask (nearest, > 128 binarised)")
-# Array names: the segmented images' and masks' are the names they have everywhere else (contract, SEGDIR).
+# Array names: the segmented images' and masks' are the names they have everywhere else (skinkeras.names, SEGDIR).
 IMAGES, MASKS, SEGMENTED_IMAGES = "images", MASKS_DIR, SEGMENTED
 # Array name -> (ids.csv column prefix, channels).
 VIEWS = {IMAGES: ("image", 3), MASKS: ("mask", 1), SEGMENTED_IMAGES: (SEGMENTED, 3)}

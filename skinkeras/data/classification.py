@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from skinkeras import runs
 from skinkeras.data.isic2018 import list_images
 
 RECORD_COLUMNS = ("image_id", "image_path", "lesion_id", "label", "dx", "age", "sex", "site")
@@ -193,12 +194,16 @@ def read_split(path):
 
     Args:
         path: split CSV.
+
+    Raises:
+        FileNotFoundError, ValueError: the file is missing or damaged, in one line (`runs.read_csv`).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Split file not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = runs.read_csv(path, columns=("image_id", "subset"))
     if "label" in df.columns:
-        df["label"] = df["label"].astype(np.int64)
+        try:
+            df["label"] = df["label"].astype(np.int64)
+        except ValueError as exc:
+            raise runs.run_file_error(path, f"label: {exc}") from None
     return df
 
 

@@ -194,6 +194,29 @@ def apply_augmentation(views, flip, angle, nearest=()):
     return views
 
 
+# Test-time views as (quarter turns, then horizontal flip): "flip" is the image, its mirror and its vertical
+# mirror; "flip-rotate" is all eight symmetries of the square (a lesion seen through a dermatoscope has no up).
+TTA_VIEWS = {
+    "none": ((0, False),),
+    "flip": ((0, False), (0, True), (2, True)),
+    "flip-rotate": tuple((turns, flip) for flip in (False, True) for turns in range(4)),
+}
+
+
+def orient(images, turns=0, flip=False):
+    """A batch of images turned by `turns` quarter turns (counter-clockwise), then mirrored left-right.
+
+    Args:
+        images: (B, H, W, C) array.
+        turns: quarter turns (0-3); odd turns need square images.
+        flip: mirror left-right after turning.
+    """
+    if turns % 2 and images.shape[1] != images.shape[2]:
+        raise ValueError(f"test-time rotation needs square images; these are {images.shape[1]}x{images.shape[2]}")
+    out = np.rot90(images, turns, axes=(1, 2)) if turns % 4 else images
+    return out[:, :, ::-1] if flip else out
+
+
 def augment_views(views, rng, flip_prob=0.5, max_rotation=15.0, nearest=()):
     """The paper's augmentation (4.2), applied identically to several aligned views of one sample.
 
@@ -421,11 +444,14 @@ class ClassificationDataset(AugmentedDataset):
         input_names: model input names to yield.
         batch_size: batch size.
         image_inputs: the names among them that are images (augmented together).
+        orientation: (quarter turns, flip) applied to every image of every batch (one test-time view,
+            `TTA_VIEWS`), or None.
         **kwargs: augment, shuffle, plan, seed, flip_prob, max_rotation (see `AugmentedDataset`).
     """
 
-    def __init__(self, arrays, labels, input_names, batch_size=32, image_inputs=(), **kwargs):
+    def __init__(self, arrays, labels, input_names, batch_size=32, image_inputs=(), orientation=None, **kwargs):
         self.arrays = arrays
+        self.orientation = orientation
         self.image_inputs = tuple(n for n in input_names if n in image_inputs)
         self.labels = np.asarray(labels, np.int64)
         self.input_names = tuple(input_names)
@@ -443,5 +469,8 @@ class ClassificationDataset(AugmentedDataset):
                      for i, params in enumerate(self.augment_params(index))]
             for j, name in enumerate(images):
                 batch[name] = np.stack([v[j] for v in views])
+        if self.orientation is not None and tuple(self.orientation) != (0, False):
+            for name in images:
+                batch[name] = orient(batch[name], *self.orientation)
         batch = {name: value.astype("float32") for name, value in batch.items()}
         return self.with_weights(index, batch, self.labels[idx])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from skinkeras.data.masks import mask_name, read_mask, resize_mask, write_mask
 from skinkeras.data.pipeline import read_rgb
-from skinkeras.models.contract import SEGMENTED
+from skinkeras.names import SEGMENTED
 
 MASKS_DIR = "masks"
 # The segmented images are stored under the name of the classifier input they feed.

@@ -1,4 +1,5 @@
-"""Which reader serves which `--dataset` name, for evaluation on the training sets and on external ones.
+"""Which reader serves which `--dataset` name: the classification training sets (their classes in label
+order), the segmentation sets and the external evaluation sets.
 
 PH2 and ISIC 2017 are external validation sets (the paper's stated future work): a classifier trained on
 HAM10000 or ISIC 2019 is scored on the classes they share, through each reader's `HAM10000_MAP` (PH2: common
@@ -13,6 +14,43 @@ EXTERNAL_DATASETS = ("ph2", "isic2017")
 def _check(dataset, valid):
     if dataset not in valid:
         raise ValueError(f"Unknown --dataset {dataset!r}; valid here: {', '.join(valid)}")
+
+
+def _classification_readers():
+    from skinkeras.data import ham10000, isic2019
+
+    return {"ham10000": (ham10000.CLASSES, ham10000.load_ham10000),
+            "isic2019": (isic2019.CLASSES, isic2019.load_isic2019)}
+
+
+def _classification_reader(dataset):
+    table = _classification_readers()
+    if dataset not in table:
+        raise ValueError(f"Unknown --dataset {dataset!r}; valid: {', '.join(table)}")
+    return table[dataset]
+
+
+def dataset_classes(dataset):
+    """Class names of a classification dataset in label order.
+
+    Args:
+        dataset: "ham10000" or "isic2019".
+    """
+    return _classification_reader(dataset)[0]
+
+
+def classification_records(dataset, data_dir=None, images=None):
+    """Labelled records of a classification training set in its official layout (its reader's own checks).
+
+    Args:
+        dataset: "ham10000" or "isic2019".
+        data_dir: the dataset folder.
+        images: image folder(s) instead of (or beside) the dataset folder's own.
+
+    Returns:
+        (records DataFrame, problems [(path, reason)]).
+    """
+    return _classification_reader(dataset)[1](data_dir, images)
 
 
 def segmentation_pairs(dataset="isic2018", data_dir=None, images=None, masks=None, subset="train"):

@@ -11,7 +11,7 @@ from skinkeras.models.contract import ORIGINAL, SEGMENTATION, SEGMENTED
 
 
 def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None, site=None, out=None,
-                  method="gradcam", layer=None, precision=None):
+                  method="gradcam", layer=None, precision=None, tta="none", calibration=True, refer_at=0.90):
     """Segments, classifies and explains one image of any size (JPEG, PNG, ...).
 
     Writes into `out` (when given): ID_segmentation.png (the mask at the
@@ -31,9 +31,14 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
         layer: CAM target layer (default: each encoder's last block).
         precision: fp32 | bf16 | fp16 of the mask and the class probabilities (None: the models' own); the CAMs
             are computed in float32 whatever the models' precision.
+        tta: none | flip | flip-rotate: the probabilities are the mean over these views (the CAMs explain the
+            image as given).
+        calibration: temperature-scale the probabilities by the run's calibration.json when it has one.
+        refer_at: target accuracy whose validation threshold decides "refer to a clinician".
 
     Returns:
-        dict with the sorted class probabilities, the explained class, and the files written.
+        dict with the sorted class probabilities, the explained class, the referral decision ("referral":
+        refer, confidence, threshold, source), the calibration line, and the files written.
     """
     from skinkeras.data.masks import mask_name, resize_mask, write_mask
     from skinkeras.data.pipeline import read_rgb, resize_rgb
@@ -45,11 +50,13 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
         model_image_size,
         one_image_inputs,
         predict_masks,
+        predict_views,
         probability_to_mask,
     )
+    from skinkeras.trust.referral import view_spread
 
     image = read_rgb(image_path)  # ImageReadError: one line naming the file
-    run = load_cls_run(cls_model_path, precision)
+    run = load_cls_run(cls_model_path, precision, calibration)
     cls_model, classes = run.model, run.classes
     seg_model = load_model(seg_model_path, task=SEGMENTATION, precision=precision)
     prob = predict_masks(seg_model, resize_rgb(image, model_image_size(seg_model))[None], 1)[0]
@@ -61,12 +68,23 @@ def predict_image(image_path, seg_model_path, cls_model_path, age=None, sex=None
     # unknown sex / site: one line listing the valid values
     inputs, has_metadata = one_image_inputs(run.contract, views, run.encoder, age, sex, site)
     result = grad_cam(cls_model, inputs, layer=layer, method=method)
-    probs = result.probabilities[0]
+    raw = result.probabilities[:1]
+    spread = 0.0
+    if tta != "none":
+        turned = predict_views(cls_model, inputs, np.zeros(1, np.int64), np.arange(1), 1, tta)
+        raw, spread = turned.mean(axis=0), float(view_spread(turned)[0])
+    probs = run.calibrated(raw)[0]
     ranking = [(classes[i], float(probs[i])) for i in np.argsort(-probs)]
+    threshold, source = run.referral_threshold(float(refer_at))
+    confidence = float(probs.max())
     report = {
         "image": os.path.abspath(image_path),
         "probabilities": dict(ranking),
         "predicted": ranking[0][0],
+        "calibration": run.calibration_note,
+        "referral": {"refer": threshold is not None and confidence < threshold, "confidence": confidence,
+                     "threshold": threshold, "target_accuracy": float(refer_at), "source": source},
+        "tta": {"mode": tta, "spread": spread},
         "explained_class": classes[int(result.class_index[0])],
         "metadata_available": has_metadata,
         "lesion_fraction": float(mask.mean()),
@@ -101,4 +119,4 @@ def predict(cfg: PredictConfig):
         cfg: `PredictConfig`.
     """
     return predict_image(cfg.image, cfg.seg_model, cfg.cls_model, cfg.age, cfg.sex, cfg.site, cfg.out, cfg.method,
-                         cfg.layer, cfg.precision)
+                         cfg.layer, cfg.precision, cfg.tta, cfg.calibration, cfg.refer_at)

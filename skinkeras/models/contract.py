@@ -5,30 +5,30 @@ a `Contract` in its config (the way keras-hub backbones carry
 `pyramid_outputs`). Training, inference, Grad-CAM, prediction and the bench
 read names from `contract_of(model)` and never re-spell or guess them.
 
-The names themselves are defined here, once.
+The names themselves are spelled once, in `skinkeras.names`, and importable from here.
 """
 
 from dataclasses import asdict, dataclass, field
 
 import keras
 
-# Input names.
-IMAGE = "image"  # segmentation models: one 0-255 RGB image
-ORIGINAL = "original"  # classifiers: the dermoscopic image
-SEGMENTED = "segmented"  # classifiers: original x predicted lesion mask (paper Figure 2)
-METADATA = "metadata"  # classifiers: encoded clinical metadata (B, F)
-METADATA_MASK = "metadata_mask"  # classifiers: per-sample availability (B, 1) in {0, 1}
-IMAGE_INPUTS = (ORIGINAL, SEGMENTED)
-METADATA_INPUTS = (METADATA, METADATA_MASK)
-
-# Output and layer names.
-MASK = "mask"  # segmentation main output
-AUX_OUTPUTS = ("aux1", "aux2")  # Deep-UNet deep-supervision outputs (1/4 and 1/8 resolution)
-LOGITS = "logits"  # classifiers: pre-softmax class scores
-PROBABILITIES = "probabilities"  # classifiers: the softmax output
-
-SEGMENTATION = "segmentation"
-CLASSIFICATION = "classification"
+# The names are spelled in skinkeras.names (below data and models); importing them here keeps
+# `skinkeras.models.contract.X` the way the rest of the package reads them.
+from skinkeras.names import (  # noqa: F401
+    AUX_OUTPUTS,
+    CLASSIFICATION,
+    IMAGE,
+    IMAGE_INPUTS,
+    LOGITS,
+    MASK,
+    METADATA,
+    METADATA_INPUTS,
+    METADATA_MASK,
+    ORIGINAL,
+    PROBABILITIES,
+    SEGMENTATION,
+    SEGMENTED,
+)
 
 
 @dataclass(frozen=True)

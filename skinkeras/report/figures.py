@@ -190,3 +190,57 @@ class WorstImages:
             for _, image_id, _, scores in self.kept:
                 writer.writerow([image_id, *(f"{scores[n]:.6f}" for n in names)])
         return folder
+
+
+def plot_reliability(tables, path):
+    """Reliability diagrams side by side: accuracy against mean confidence per bin, with the bin counts.
+
+    Args:
+        tables: {title: `skinkeras.trust.calibration.reliability_bins` dict, plus "ece"} (e.g. raw, calibrated).
+        path: PNG path.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 4.8), squeeze=False)
+    for ax, (title, table) in zip(axes[0], tables.items()):
+        lower, upper = np.asarray(table["lower"]), np.asarray(table["upper"])
+        centre, width = (lower + upper) / 2, upper - lower
+        accuracy = np.array([np.nan if a is None else a for a in table["accuracy"]])
+        confidence = np.array([np.nan if c is None else c for c in table["confidence"]])
+        ax.bar(centre, np.nan_to_num(accuracy), width=width * 0.95, color="#4c72b0", label="accuracy")
+        ax.plot(confidence, accuracy, "o", color="#dd8452", markersize=4, label="mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        for x, n, a in zip(centre, table["count"], np.nan_to_num(accuracy)):
+            if n:
+                ax.text(x, min(a + 0.02, 0.97), str(n), ha="center", fontsize=6, rotation=90)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-class probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}: ECE {table['ece']:.3f}" if table.get("ece") is not None else title, fontsize=10)
+        ax.legend(loc="upper left", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_risk_coverage(curves, points, path):
+    """Accuracy of the kept cases against coverage for each confidence score, with the chosen operating points.
+
+    Args:
+        curves: {score name: `skinkeras.trust.referral.risk_coverage` dict}.
+        points: [{"target", "coverage", "accuracy"}] operating points on this set (thresholds chosen on val).
+        path: PNG path.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, curve in curves.items():
+        ax.plot(curve["coverage"], curve["accuracy"], label=f"{name}: accuracy")
+        ax.plot(curve["coverage"], curve["balanced_accuracy"], "--", linewidth=0.9, label=f"{name}: balanced acc.")
+    for point in points:
+        if point.get("accuracy") is not None:
+            ax.plot(point["coverage"], point["accuracy"], "kx", markersize=8)
+            ax.annotate(f"target {point['target']:.0%}", (point["coverage"], point["accuracy"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, -10))
+    ax.set_xlim(0, 1.01)
+    ax.set_xlabel("coverage (fraction of cases kept, most confident first)")
+    ax.set_ylabel("score of the kept cases")
+    ax.legend(loc="lower left", fontsize=7)
+    return _save(fig, path)

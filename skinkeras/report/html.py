@@ -29,7 +29,7 @@ MAIN_SECTIONS = ("overview", "config", "environment", "metrics")
 SECTION_TITLES = {
     "overview": "Overview", "config": "Configuration", "environment": "Environment", "data": "Data",
     "curves": "Training curves", "metrics": "Metrics", "confusion": "Confusion matrices", "roc": "ROC curves",
-    "per-class": "Per-class scores", "worst": "Worst-scoring images", "gradcam": "Grad-CAM",
+    "per-class": "Per-class scores", "trust": "Trust", "worst": "Worst-scoring images", "gradcam": "Grad-CAM",
     "bench": "Speed (bench)",
 }
 THUMB = 176
@@ -479,6 +479,85 @@ def _per_class_cell(column):
     return f"<p>{title}</p>" + _table(["class", "precision", "recall", "F1", "AUC", "support"], rows)
 
 
+def _interval_text(value, interval):
+    text = _number(value)
+    if interval and len(interval) == 2 and interval[0] is not None:
+        text += f' <span class="ci">[{_number(interval[0])}, {_number(interval[1])}]</span>'
+    return text
+
+
+def _subgroup_rows(path):
+    """The subgroup table of an evaluation, flagged groups highlighted, too-small ones greyed."""
+    rows = _read_csv(path)
+    if not rows:
+        return ""
+    scores = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("auc_macro", "macro AUC"),
+              ("melanoma_auc", "melanoma AUC"), ("ece", "ECE")]
+    as_float = lambda v: float(v) if v not in ("", None) else None  # noqa: E731
+    head = "".join(f"<th>{h}</th>" for h in ["family", "group", "images", "lesions"] + [t for _, t in scores]
+                   + ["flagged"])
+    body = []
+    for row in rows:
+        cls = "flag" if row.get("flagged") else ("small" if row.get("status") != "scored" else "")
+        cells = [_e(row["family"]), _e(row["group"]), _e(row["images"]), _e(row["lesions"])]
+        for key, _ in scores:
+            if row.get("status") != "scored":
+                cells.append("too small" if key == "accuracy" else "")
+                continue
+            gap = as_float(row.get(f"{key}_gap"))
+            text = _interval_text(as_float(row.get(key)), [as_float(row.get(f"{key}_low")),
+                                                           as_float(row.get(f"{key}_high"))])
+            if row["family"] != "all" and gap is not None:
+                text += f' <span class="ci">({gap:+.3f})</span>'
+            cells.append(text)
+        cells.append(_e(row.get("flagged", "")))
+        body.append(f'<tr class="{cls}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _trust_cell(column):
+    """Per evaluation: calibration raw and calibrated, referral and its operating points, TTA, subgroups."""
+    parts = []
+    for folder in column.evals:
+        metrics = folder.metrics
+        calibration = metrics.get("calibration")
+        if folder.kind != "cls-eval" or not calibration:
+            continue
+        parts.append(f"<h4>{_e(os.path.basename(folder.path))}</h4><p class=cap>{_e(calibration.get('note', ''))}; "
+                     f"test-time augmentation: {_e(metrics.get('tta', {}).get('mode', 'none'))}</p>")
+        rows = [[name, *(_interval_text(block.get(k), (block.get("intervals") or {}).get(k))
+                         for k in ("ece", "mce", "brier", "nll"))]
+                for name, block in ((n, calibration[n]) for n in ("raw", "calibrated") if n in calibration)]
+        parts.append(_table(["probabilities", "ECE", "MCE", "Brier", "NLL"], rows, sortable=False))
+        parts.append(f"<p class=cap>{_e(calibration.get('binning', ''))}; 95% lesion-bootstrap intervals</p>")
+        parts.append(_img_file(folder.file("reliability.png"), "reliability diagram"))
+        referral = metrics.get("referral", {})
+        if referral:
+            areas = ", ".join(f"{_e(k)} {_number(v, 4)}" for k, v in referral.get("aurc", {}).items())
+            parts.append(f"<p>Referral by {_e(referral.get('score', ''))}: AURC {areas} (lower is better)</p>")
+            points = [[f"{p['target']:.0%}", _number(p.get("threshold"), 4), _number(p.get("coverage")),
+                       _number(p.get("accuracy")), _number(p["here"].get("coverage")),
+                       _number(p["here"].get("accuracy")), _number(p["here"].get("balanced_accuracy"))]
+                      for p in referral.get("operating_points", [])]
+            parts.append(_table(["target accuracy", "threshold", "val coverage", "val accuracy", "coverage",
+                                 "accuracy", "balanced acc."], points, sortable=False))
+            parts.append(f"<p class=cap>thresholds from {_e(referral.get('threshold_source', ''))}</p>")
+            parts.append(_img_file(folder.file("risk_coverage.png"), "risk-coverage curve"))
+        effect = metrics.get("tta", {})
+        if effect.get("views", 1) > 1:
+            rows = [[name, *(_number(effect[key].get(k)) for k in ("accuracy", "balanced_accuracy", "auc_macro",
+                                                                    "ece", "nll"))]
+                    for name, key in (("single view", "single_view"), (f"{effect['mode']} mean", "augmented"))]
+            parts.append(_table(["test-time", "accuracy", "balanced acc.", "macro AUC", "ECE", "NLL"], rows,
+                                sortable=False))
+        groups = metrics.get("subgroups", {})
+        if groups:
+            parts.append(f"<p>Subgroups (fewer than {groups.get('min_size')} images: too small; flagged: the "
+                         "group's interval excludes the whole set's value)</p>")
+            parts.append(_subgroup_rows(folder.file(groups.get("file", "subgroups.csv"))))
+    return "".join(parts)
+
+
 def _image_paths(column):
     return {r["image_id"]: r.get("image_path") for r in column.split}
 
@@ -583,6 +662,7 @@ th{background:#f0f3f6}table.sortable th{cursor:pointer}
 img{max-width:100%;height:auto}.cell>img{max-width:min(100%,680px)}figure{display:inline-block;margin:6px 10px 6px 0;vertical-align:top}
 figure.row{display:block}figure.row div{display:inline-block;margin-right:6px;vertical-align:top}
 figcaption,.cap{font-size:12px;color:#444}.ci{color:#57606a;font-size:11.5px}.muted{color:#6e7781}
+tr.flag td{background:#fde2e1}tr.small td{color:#6e7781}
 """
 
 SORT_SCRIPT = """
@@ -621,7 +701,7 @@ def build_report(paths, title=None):
                 "environment": _environment(columns) if columns else ""}
     per_column = {"data": _data_cell, "curves": _curves_cell, "metrics": _metrics_cell,
                   "confusion": _confusion_cell, "roc": _roc_cell, "per-class": _per_class_cell,
-                  "worst": _worst_cell}
+                  "trust": _trust_cell, "worst": _worst_cell}
     for key, draw in per_column.items():
         # A section shows the models that have something for it (a confusion matrix is no segmentation's).
         cells = [(c, draw(c)) for c in columns]

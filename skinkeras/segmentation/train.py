@@ -14,7 +14,8 @@ from skinkeras.losses import BCEDiceLoss
 from skinkeras.metrics import DiceCoefficient, JaccardIndex, mean_scores, seg_scores
 from skinkeras.models.contract import AUX_OUTPUTS, MASK
 from skinkeras.models.registry import build_model
-from skinkeras.report.figures import WorstImages
+from skinkeras.report.figures import WorstImages, plot_history
+from skinkeras.report.html import write_run_report
 from skinkeras.training import TrainingPlan, fit_run, open_run
 
 MONITOR = f"val_{MASK}_dice"
@@ -41,11 +42,15 @@ def read_split(path):
 
     Args:
         path: split.csv of a run.
+
+    Raises:
+        FileNotFoundError, ValueError: the file is missing or damaged, in one line (`runs.read_csv`).
     """
     subsets = {"train": [], "val": []}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            subsets[row["subset"]].append(Pair(row["image_id"], row["image_path"], row["mask_path"]))
+    for row in runs.read_csv(path, columns=("image_id", "image_path", "mask_path", "subset")).itertuples():
+        if row.subset not in subsets:
+            raise runs.run_file_error(path, f"subset {row.subset!r} of {row.image_id}, not train or val")
+        subsets[row.subset].append(Pair(row.image_id, row.image_path, row.mask_path))
     return subsets["train"], subsets["val"]
 
 
@@ -195,5 +200,6 @@ def _fit(run, progress):
                 "first_epoch_val_dice": run.history[0].get(MONITOR) if run.history else None}
 
     plan = TrainingPlan(build=lambda: compile_segmentation(build_model(cfg), cfg), datasets=datasets,
-                        monitor=MONITOR, evaluate=evaluate, curve_metric="dice", info={"encoder": cfg.encoder})
+                        monitor=MONITOR, evaluate=evaluate, curve_metric="dice", draw_curves=plot_history,
+                        write_report=write_run_report, info={"encoder": cfg.encoder})
     return fit_run(run, plan, progress)

@@ -112,8 +112,8 @@ def test_predict_runs_the_whole_pipeline_on_one_image(runs, tmp_path):
     big = tmp_path / "big.png"  # any size, any format
     Image.open(image).resize((301, 207)).save(big)
     out = tmp_path / "pred"
-    text = ok("predict", big, "--seg-model", runs["seg_model"], "--cls-model", runs["tdbn"] / "best.keras",
-              "--age", 55, "--sex", "male", "--site", "back", "--out", out)
+    text = first = ok("predict", big, "--seg-model", runs["seg_model"], "--cls-model", runs["tdbn"] / "best.keras",
+                      "--age", 55, "--sex", "male", "--site", "back", "--out", out)
     lines = [line.split() for line in text.splitlines() if len(line.split()) == 2]
     probs = [float(p) for _, p in lines[:7]]
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-3)
@@ -126,6 +126,22 @@ def test_predict_runs_the_whole_pipeline_on_one_image(runs, tmp_path):
 
     text = ok("predict", big, "--seg-model", runs["seg_model"], "--cls-model", runs["tdbn"] / "best.keras")
     assert "metadata branch was masked out" in text
+    # cls-train calibrated the run: the probabilities are temperature-scaled, and the referral says its source
+    assert "calibrated probabilities: temperature" in report["calibration"]
+    referral = report["referral"]
+    assert referral["confidence"] == pytest.approx(max(report["probabilities"].values()))
+    if referral["threshold"] is None:
+        assert "no referral threshold" in first and not referral["refer"]
+    else:
+        assert referral["refer"] == (referral["confidence"] < referral["threshold"])
+        assert ("refer to a clinician" in first) == referral["refer"]
+        assert "val images" in referral["source"]
+    flipped = ok("predict", big, "--seg-model", runs["seg_model"], "--cls-model", runs["tdbn"] / "best.keras",
+                 "--tta", "flip-rotate", "--no-calibration", "--out", tmp_path / "tta")
+    tta = json.loads((tmp_path / "tta" / "prediction.json").read_text())
+    assert tta["tta"]["mode"] == "flip-rotate" and tta["tta"]["spread"] >= 0
+    assert "raw probabilities (--no-calibration)" in flipped
+    assert sum(tta["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_predict_errors_are_one_line(runs, tmp_path):

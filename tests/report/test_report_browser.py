@@ -21,8 +21,8 @@ def test_demo_report_renders_in_chromium(tiny_demo, tmp_path):
     seen = check_page(out / "report.html", screenshot=str(shot))
     assert seen.console_errors == []
     assert len(seen.images) >= 10 and seen.broken_images == []
-    assert set(MAIN_SECTIONS) | {"data", "curves", "confusion", "roc", "per-class", "worst", "gradcam"} <= set(
-        seen.sections)
+    expected = {"data", "curves", "confusion", "roc", "per-class", "trust", "worst", "gradcam"}
+    assert set(MAIN_SECTIONS) | expected <= set(seen.sections)
     # Laptop width: nothing forces a horizontal scroll bar.
     assert seen.width <= 1366
     picture = np.asarray(Image.open(shot).convert("L"), np.float32)

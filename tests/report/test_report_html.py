@@ -55,7 +55,7 @@ def test_demo_report_is_self_contained_and_shows_the_scores(tiny_demo):
     assert sources and all(s.startswith("data:image/") for s in sources)
     assert not re.search(r'(src|href)="(https?:)?//', page)
     for section in ("overview", "config", "environment", "data", "curves", "metrics", "confusion", "roc",
-                    "per-class", "worst", "gradcam"):
+                    "per-class", "trust", "worst", "gradcam"):
         assert f'<section id="{section}">' in page, section
     seg = json.loads((out / "seg-eval" / "metrics.json").read_text())
     cls = json.loads((out / "cls-eval-tdbn" / "metrics.json").read_text())
@@ -69,6 +69,15 @@ def test_demo_report_is_self_contained_and_shows_the_scores(tiny_demo):
     low, high = balanced["intervals"]["balanced_accuracy"]
     row = page.split("balanced accuracy, balanced decision</td>")[1].split("</tr>")[0]
     assert f'{balanced["balanced_accuracy"]:.3f} <span class="ci">[{low:.3f}, {high:.3f}]</span>' in row
+    # The trust section: raw and calibrated ECE with intervals, the operating points, every subgroup row, the
+    # flagged ones highlighted.
+    trust = page.split('<section id="trust">')[1].split("</section>")[0]
+    ece = cls["calibration"]["raw"]
+    assert f'{ece["ece"]:.3f} <span class="ci">[{ece["intervals"]["ece"][0]:.3f}' in trust
+    assert "reliability diagram" in trust and "risk-coverage curve" in trust
+    groups = (out / "cls-eval-tdbn" / "subgroups.csv").read_text().splitlines()[1:]
+    assert trust.count("<tr class=") == len(groups)
+    assert trust.count('<tr class="flag">') == len(cls["subgroups"]["flagged"])
     # The worst segmentations are the lowest-Dice rows of per_image.csv.
     worst = (out / "seg-eval" / "worst.csv").read_text().splitlines()[1:]
     per_image = (out / "seg-eval" / "per_image.csv").read_text().splitlines()

@@ -198,8 +198,7 @@ FINISHED_WORK = ("history.csv", "last.keras", "best.keras", "metrics.json")
 # What a fresh start (--overwrite) removes: the files a run writes.
 RUN_FILES = FINISHED_WORK + ("config.json", "env.json", SPLIT_CSV, "skipped.csv", "classes.json",
                              "metadata_encoder.json", "training_curves.png", "class_distribution.png",
-                             VAL_PREDICTIONS, VAL_GROUND_TRUTH, WORST_CSV, REPORT_HTML, CALIBRATION_JSON,
-                             "reliability.png")
+                             VAL_PREDICTIONS, VAL_GROUND_TRUTH, WORST_CSV, REPORT_HTML, CALIBRATION_JSON)
 # Folders a run writes, removed with it.
 RUN_FOLDERS = (WORST_DIR,)
 

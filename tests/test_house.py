@@ -31,7 +31,7 @@ def test_contract_names_and_the_segdir_layout_are_spelled_once():
 
 
 # Data flows downward: stages and orchestrators import these modules, never the other way round.
-LOWER = [path for folder in ("data", "models", "layers", "pretrained")
+LOWER = [path for folder in ("data", "models", "layers", "pretrained", "trust")
          for path in (ROOT / "skinkeras" / folder).rglob("*.py")]
 LOWER += [ROOT / "skinkeras" / name for name in ("config.py", "inference.py", "training.py", "names.py")]
 UPPER = ("skinkeras.segmentation", "skinkeras.classification", "skinkeras.explain", "skinkeras.report",

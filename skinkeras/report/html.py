@@ -553,7 +553,8 @@ def _trust_cell(column):
         groups = metrics.get("subgroups", {})
         if groups:
             parts.append(f"<p>Subgroups (fewer than {groups.get('min_size')} images: too small; flagged: the "
-                         "group's interval excludes the whole set's value)</p>")
+                         "group's interval of accuracy, balanced accuracy or an AUC excludes the whole set's value; "
+                         "ECE grows as a group shrinks and does not flag)</p>")
             parts.append(_subgroup_rows(folder.file(groups.get("file", "subgroups.csv"))))
     return "".join(parts)
 

@@ -271,6 +271,9 @@ def test_calibration_referral_tta_and_subgroups_through_the_cli(tdbn_run, tmp_pa
     for block, frame in ((metrics["calibration"]["calibrated"], cal_csv), (raw["calibration"]["raw"], raw_csv)):
         assert block["ece"] == pytest.approx(calibration_errors(truth, frame.iloc[:, 1:].to_numpy())["ece"], abs=1e-6)
     assert metrics["calibration"]["calibrated"]["intervals"]["ece"] is not None
+    side = metrics["calibration"]
+    assert side["raw"]["scores"]["balanced_accuracy"] == side["calibrated"]["scores"]["balanced_accuracy"]
+    assert side["calibrated"]["scores"]["auc_macro"] == pytest.approx(metrics["auc_macro"])
     # the TTA effect is measured against the single view, and the second score gets its own area
     assert metrics["tta"]["views"] == 3 and set(metrics["tta"]["single_view"]) >= {"balanced_accuracy", "ece"}
     assert set(metrics["referral"]["aurc"]) == {"max_probability", "tta_spread"}

@@ -36,12 +36,15 @@ def restrict(labels, probs, present):
     return np.searchsorted(present, labels), sub / np.clip(sub.sum(axis=-1, keepdims=True), 1e-12, None)
 
 
-def _calibration(labels, raw, probs, groups, applied, bootstrap, seed):
+def _calibration(labels, raw, probs, classes, groups, applied, bootstrap, seed):
     block, tables = {}, {}
     for name, values in (("raw", raw), ("calibrated", probs)):
         if name == "calibrated" and not applied:
             continue
         errors = calibration_errors(labels, values)
+        # The temperature keeps every decision; the rankings behind the AUCs can move a little.
+        scores = classification_scores(labels, values, classes)
+        errors["scores"] = {k: scores[k] for k in ("accuracy", "balanced_accuracy", "auc_macro")}
         if bootstrap:
             errors["intervals"] = calibration_intervals(labels, values, groups, bootstrap, seed)
         block[name] = errors
@@ -97,8 +100,8 @@ def trust_scores(out, labels, groups, classes, raw_views, found, records, datase
     else:
         s_labels, s_raw, s_probs, s_views, s_classes = labels, raw, probs, view_probs, list(classes)
 
-    calibration, tables = _calibration(s_labels, s_raw, s_probs, groups, found.calibration is not None, bootstrap,
-                                       seed)
+    calibration, tables = _calibration(s_labels, s_raw, s_probs, s_classes, groups, found.calibration is not None,
+                                       bootstrap, seed)
     calibration.update({"applied": found.calibration is not None, "note": found.calibration_note,
                         "temperature": found.temperature, "binning": BINNING,
                         "fitted_on": (found.calibration or {}).get("fitted_on")})

@@ -526,9 +526,11 @@ def _trust_cell(column):
         parts.append(f"<h4>{_e(os.path.basename(folder.path))}</h4><p class=cap>{_e(calibration.get('note', ''))}; "
                      f"test-time augmentation: {_e(metrics.get('tta', {}).get('mode', 'none'))}</p>")
         rows = [[name, *(_interval_text(block.get(k), (block.get("intervals") or {}).get(k))
-                         for k in ("ece", "mce", "brier", "nll"))]
+                         for k in ("ece", "mce", "brier", "nll")),
+                 *(_number((block.get("scores") or {}).get(k)) for k in ("balanced_accuracy", "auc_macro"))]
                 for name, block in ((n, calibration[n]) for n in ("raw", "calibrated") if n in calibration)]
-        parts.append(_table(["probabilities", "ECE", "MCE", "Brier", "NLL"], rows, sortable=False))
+        parts.append(_table(["probabilities", "ECE", "MCE", "Brier", "NLL", "balanced acc.", "macro AUC"], rows,
+                            sortable=False))
         parts.append(f"<p class=cap>{_e(calibration.get('binning', ''))}; 95% lesion-bootstrap intervals</p>")
         parts.append(_img_file(folder.file("reliability.png"), "reliability diagram"))
         referral = metrics.get("referral", {})

@@ -45,7 +45,8 @@ def subgroup_labels(records, dataset=None):
         dataset: "isic2019" adds the archive family (its lesion ids carry the archive).
 
     Returns:
-        {family: array of group names}, in `FAMILIES` order; a family whose column is absent or empty is left out.
+        {family: array of group names}, in `FAMILIES` order; a family whose column is absent, or missing for
+        every record, is left out.
     """
     def text(column):
         values = records[column].fillna("").astype(str).str.strip()
@@ -62,7 +63,8 @@ def subgroup_labels(records, dataset=None):
         out["dx_type"] = text("dx_type")
     if dataset == "isic2019" and "lesion_id" in records:
         out["archive"] = np.array([archive_of(v) for v in records["lesion_id"]], dtype=object)
-    return {k: np.asarray(v, dtype=object) for k, v in out.items() if len(set(v)) > 0}
+    # A family the records never fill (every value missing) says nothing about anyone: left out.
+    return {k: np.asarray(v, dtype=object) for k, v in out.items() if set(v) - {MISSING}}
 
 
 def group_scores(labels, probs, classes, lesions, n_resamples=1000, seed=0, melanoma=None):

@@ -134,6 +134,8 @@ def test_subgroup_labels_bands_sites_and_archives():
     assert list(found["age"]) == ["<30", "30-49", "50-69", MISSING]
     assert list(found["archive"]) == ["BCN", "MSK", "HAM", MISSING]
     assert "archive" not in subgroup_labels(records, "ham10000")
+    unknown = pd.DataFrame({"sex": ["", None], "age": [np.nan, np.nan], "site": ["a", ""]})
+    assert list(subgroup_labels(unknown)) == ["site"]  # families never filled in are left out
     assert age_band(70) == ">=70" and archive_of("MSK1_3") == "MSK"
 
 

@@ -472,7 +472,8 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
         **values,
         "flops_per_image": flops,
         "flops_basis": f"forward x{factor} (train)" if mode == "train" else "forward",
-        "tflops_per_s": round(flops * factor * values["img_per_s"] / 1e12, 4),
+        # Four significant digits, not four decimals: a tiny model on a busy CPU runs at 1e-5 TFLOP/s, not 0.
+        "tflops_per_s": float(f"{flops * factor * values['img_per_s'] / 1e12:.4g}"),
         "host_mem_mb": _host_memory_mb(),
         "device_mem_mb": bench_backend.device_memory_mb(),
         **model_size(model),

@@ -635,6 +635,61 @@ def predict_cmd(out, **values):
         click.echo(f"Results: {out}")
 
 
+@cli.command("export")
+@click.option("--model", "model", type=click.Path(dir_okay=False), required=True,
+              help="RUN/best.keras of seg-train or cls-train.")
+@click.option("--format", "format", required=True, help="onnx | tf_saved_model | litert | torch")
+@click.option("--out", required=True, help="Folder for the artifact and its model.json.")
+@click.option("--samples", default=4, show_default=True, help="Inputs of the parity check.")
+@click.option("--tolerance", default=1e-4, show_default=True, help="Largest output difference that passes.")
+@click.option("--images", default=None, type=click.Path(file_okay=False),
+              help="Images for the parity check (default: generated ones).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated parity inputs.")
+@friendly_errors
+def export_cmd(**values):
+    """Export a trained model (ONNX, TF SavedModel, LiteRT, torch.export) with its contract in model.json and a
+    parity check of the artifact, run by its own runtime, against the Keras model."""
+    from skinkeras.config import ExportConfig
+    from skinkeras.exporting import ExportError, export
+    from skinkeras.exporting.runtimes import RuntimeUnavailable
+
+    try:
+        export(ExportConfig(**values), echo=click.echo)
+    except (ExportError, RuntimeUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("serve")
+@click.option("--seg-model", required=True, type=click.Path(),
+              help="Segmentation .keras (or its `export --format onnx` folder with --runtime onnx).")
+@click.option("--cls-model", required=True, type=click.Path(),
+              help="RUN/best.keras of cls-train (or its `export --format onnx` folder with --runtime onnx).")
+@click.option("--runtime", default="keras", show_default=True,
+              help="keras (with Grad-CAM) | onnx (onnxruntime on exported folders; no Grad-CAM).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback only by default).")
+@click.option("--port", default=8000, show_default=True, help="Port (0: any free one).")
+@click.option("--token", default=None, help="Bearer token every API route requires (or set SKINKERAS_TOKEN).")
+@click.option("--insecure", is_flag=True, help="Allow a non-local --host without a token.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, help="Largest accepted upload.")
+@click.option("--max-pixels", default=40_000_000, show_default=True,
+              help="Largest accepted image (width x height); more is refused as a decompression bomb.")
+@click.option("--keep-uploads", default=None, type=click.Path(file_okay=False),
+              help="Write each uploaded image here (default: uploads stay in memory).")
+@click.option("--refer-at", default="0.90", show_default=True,
+              help="The target accuracy whose validation threshold decides 'refer to a clinician'.")
+@click.option("--method", default="gradcam", show_default=True, help="gradcam | layercam")
+@click.option("--workers", default=1, show_default=True,
+              help="Requests computed at once (Keras runtime: always one at a time).")
+@friendly_errors
+def serve_cmd(**values):
+    """A local web page and JSON API: drop a dermoscopic image, see the mask, the class probabilities, the
+    Grad-CAM of each branch and the referral flag. Ctrl-C stops it."""
+    from skinkeras.config import ServeConfig
+    from skinkeras.serving import serve
+
+    serve(ServeConfig(**values), echo=click.echo)
+
+
 @cli.command("report")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", default="report.html", show_default=True, help="The HTML file to write.")

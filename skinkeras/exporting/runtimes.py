@@ -28,13 +28,17 @@ def require_runtime(fmt):
     Args:
         fmt: onnx | tf_saved_model | litert | torch.
     """
-    import importlib
-
     module, command = RUNTIME_PACKAGES[fmt]
     try:
-        return importlib.import_module(module)
+        if fmt == "onnx":
+            import onnxruntime as runtime
+        elif fmt == "torch":
+            import torch as runtime
+        else:
+            import tensorflow as runtime
     except ImportError:
         raise RuntimeUnavailable(f"running a {fmt} artifact needs {module}: {command}") from None
+    return runtime
 
 
 def _single_output(out, output_name=None):

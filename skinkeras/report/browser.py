@@ -51,6 +51,8 @@ class PageCheck:
         screenshot: PNG path of the full-page screenshot (None when not asked).
         width: page width in CSS pixels.
         height: page height in CSS pixels.
+        requests: every URL the page requested (file, data, blob and http).
+        interaction: what `interact` returned.
     """
 
     title: str
@@ -60,6 +62,8 @@ class PageCheck:
     screenshot: str | None = None
     width: int = 0
     height: int = 0
+    requests: list = field(default_factory=list)
+    interaction: object = None
 
     @property
     def broken_images(self):
@@ -134,19 +138,60 @@ def _console_errors(events):
     return errors
 
 
-def check_page(html_path, screenshot=None, width=1366, height=768, timeout=60, browser=None):
-    """Loads an HTML file in headless Chromium, probes it, and optionally saves a full-page screenshot.
-
-    Network access is blocked for the page (a self-contained report needs none), so a
-    reference to anything outside the file shows up as a console error.
+class Page:
+    """The loaded page, for an `interact` callback: evaluate JavaScript, choose files, wait for a condition.
 
     Args:
-        html_path: the HTML file.
-        screenshot: PNG path for a full-page screenshot, or None.
+        cdp: the CDP connection.
+        session: the page's session id.
+    """
+
+    def __init__(self, cdp, session):
+        self.cdp, self.session = cdp, session
+
+    def evaluate(self, expression):
+        """The JSON-able value of a JavaScript expression (promises awaited)."""
+        found = self.cdp.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                                   "returnByValue": True}, session=self.session)
+        if "exceptionDetails" in found:
+            raise RuntimeError(f"page script failed: {found['exceptionDetails'].get('text')}")
+        return found["result"].get("value")
+
+    def set_files(self, selector, paths):
+        """Chooses files in an <input type=file>, as a user would (its change event fires)."""
+        root = self.cdp.send("DOM.getDocument", session=self.session)["root"]["nodeId"]
+        node = self.cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector}, session=self.session)
+        self.cdp.send("DOM.setFileInputFiles", {"files": [os.path.abspath(p) for p in paths],
+                                                "nodeId": node["nodeId"]}, session=self.session)
+
+    def wait_for(self, expression, timeout=60):
+        """Polls a JavaScript expression until it is truthy; returns its value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise TimeoutError(f"the page did not reach {expression!r} in {timeout} s")
+
+
+def check_page(html_path, screenshot=None, width=1366, height=768, timeout=60, browser=None, interact=None,
+               block_network=True):
+    """Loads an HTML file (or a URL) in headless Chromium, probes it, and optionally saves a full-page screenshot.
+
+    For a file, network access is blocked for the page (a self-contained report needs none), so a
+    reference to anything outside the file shows up as a console error. For a URL (a local server) every
+    request is recorded instead, so a test can check that none left the server.
+
+    Args:
+        html_path: the HTML file, or an http:// URL.
+        screenshot: PNG path for a full-page screenshot (taken after `interact`), or None.
         width: viewport width (a laptop screen by default).
         height: viewport height.
         timeout: seconds for the whole check.
         browser: Chromium binary (default: `find_browser()`).
+        interact: optional callable(`Page`) run after the page loaded (choose a file, click, wait).
+        block_network: block http(s) and websockets (only for files).
 
     Returns:
         a `PageCheck`.
@@ -155,7 +200,8 @@ def check_page(html_path, screenshot=None, width=1366, height=768, timeout=60, b
     if not browser:
         raise BrowserUnavailable(f"no Chromium found (tried $CHROMIUM, {', '.join(BROWSERS)}); "
                                  "install Debian's chromium package")
-    url = "file://" + os.path.abspath(html_path)
+    is_url = str(html_path).startswith(("http://", "https://"))
+    url = str(html_path) if is_url else "file://" + os.path.abspath(html_path)
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
 
@@ -180,10 +226,11 @@ def check_page(html_path, screenshot=None, width=1366, height=768, timeout=60, b
             cdp = _Pipe(to_browser_w, from_browser_r, timeout)
             target = cdp.send("Target.createTarget", {"url": "about:blank"})["targetId"]
             session = cdp.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-            for domain in ("Page", "Runtime", "Log", "Network"):
+            for domain in ("Page", "Runtime", "Log", "Network", "DOM"):
                 cdp.send(f"{domain}.enable", session=session)
-            cdp.send("Network.setBlockedURLs", {"urls": ["http://*", "https://*", "ws://*", "wss://*"]},
-                     session=session)
+            if block_network and not is_url:
+                cdp.send("Network.setBlockedURLs", {"urls": ["http://*", "https://*", "ws://*", "wss://*"]},
+                         session=session)
             cdp.send("Emulation.setDeviceMetricsOverride",
                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
             cdp.send("Page.navigate", {"url": url}, session=session)
@@ -192,6 +239,10 @@ def check_page(html_path, screenshot=None, width=1366, height=768, timeout=60, b
                                                   "returnByValue": True}, session=session)
             if "exceptionDetails" in probe:
                 raise RuntimeError(f"page probe failed: {probe['exceptionDetails'].get('text')}")
+            interaction = interact(Page(cdp, session)) if interact else None
+            if interact:
+                probe = cdp.send("Runtime.evaluate", {"expression": _PAGE_PROBE, "awaitPromise": True,
+                                                      "returnByValue": True}, session=session)
             seen = json.loads(probe["result"]["value"])
             if screenshot:
                 shot = cdp.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
@@ -212,5 +263,7 @@ def check_page(html_path, screenshot=None, width=1366, height=768, timeout=60, b
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    requests = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
     return PageCheck(title=seen["title"], images=seen["images"], sections=seen["sections"], console_errors=errors,
-                     screenshot=screenshot, width=seen["width"], height=seen["height"])
+                     screenshot=screenshot, width=seen["width"], height=seen["height"], requests=requests,
+                     interaction=interaction)

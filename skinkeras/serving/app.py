@@ -74,9 +74,9 @@ def parse_multipart(body, content_type):
                        415)
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
-    if not message.is_multipart():
-        raise BadInput("the multipart body could not be parsed: send an 'image' file field")
     fields = {}
+    if not message.is_multipart():
+        return fields
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if name:
@@ -115,16 +115,26 @@ def parse_metadata(fields, engine):
 
 
 async def read_body(request, limit):
-    """The request body, refused with 413 as soon as it passes `limit` bytes (before it is all received)."""
+    """The request body, refused with 413 when it passes `limit` bytes; nothing past the limit is kept.
+
+    The rest of an oversized body is still read (and dropped), up to four times the limit, so the client gets
+    the 413 line instead of a reset connection; beyond that the connection is closed.
+    """
     declared = request.headers.get("content-length")
+    too_big = None
     if declared and declared.isdigit() and int(declared) > limit:
-        raise BadInput(f"the upload is {int(declared) / 1e6:.1f} MB, over the limit of {limit / 1e6:g} MB", 413)
+        too_big = f"the upload is {int(declared) / 1e6:.1f} MB, over the limit of {limit / 1e6:g} MB"
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise BadInput(f"the upload is over the limit of {limit / 1e6:g} MB", 413)
+        if too_big or size > limit:
+            too_big = too_big or f"the upload is over the limit of {limit / 1e6:g} MB"
+            if size > 4 * limit:
+                break
+            continue
         chunks.append(chunk)
+    if too_big:
+        raise BadInput(too_big, 413)
     return b"".join(chunks)
 
 

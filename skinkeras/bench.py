@@ -39,7 +39,11 @@ REFERENCE_BACKENDS = {"torch-reference": (), "torch-reference-channels_last": ("
 # the train and predict steps compiled (`jit_compile=True`); torch-channels_first runs the CNN encoders in
 # torch's native NCHW layout (`skinkeras.models.layout`).
 VARIANT_BACKENDS = {"torch-compile": ("torch", ("--jit-compile",)),
-                    "torch-channels_first": ("torch", ("--data-format", "channels_first"))}
+                    "torch-channels_first": ("torch", ("--data-format", "channels_first")),
+                    "onnxruntime": ("tensorflow", ("--runtime", "onnx"))}
+# Exported-runtime rows: name -> the `skinkeras.exporting` format their child exports to (under the backend
+# above: TensorFlow, whose exporter carries every model here to ONNX) and runs by its own runtime.
+RUNTIME_BACKENDS = {"onnxruntime": "onnx"}
 ALL_BACKENDS = BACKENDS + tuple(VARIANT_BACKENDS) + tuple(REFERENCE_BACKENDS)
 MODES = ("train", "infer", "input")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -424,7 +428,39 @@ def _measure_input(arch, cfg, batch_size, steps, repeats):
             "note": f"{type(dataset).__name__}, augment=True, in-memory uint8"}
 
 
-def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3, precision="fp32", jit_compile=None):
+def _measure_exported(model, x, fmt, batch_size, steps, repeats):
+    """(first_step_s, steady values, note) of the model exported to `fmt` and run by that format's runtime.
+
+    The first step includes the export, the runtime's session and its first call; steady steps call the
+    runtime alone on the same batch.
+    """
+    import tempfile
+
+    from skinkeras.exporting.artifacts import FORMATS
+    from skinkeras.exporting.runtimes import export_options, open_artifact
+    from skinkeras.models.contract import contract_of, export_model
+
+    infer = export_model(model)
+    contract = contract_of(infer)
+    feed = x if isinstance(x, dict) else {contract.inputs[0]: x}
+    dict_inputs = isinstance(infer.input, dict)
+    infer(x, training=False)  # Keras exports only a model that was called
+    with tempfile.TemporaryDirectory(prefix="skinkeras-bench-") as folder:
+        path = os.path.join(folder, FORMATS[fmt].filename)
+
+        def first():
+            infer.export(path, format=fmt, verbose=False, **export_options(fmt, infer))
+            runner = open_artifact(path, fmt, contract.inputs, dict_inputs=dict_inputs)
+            runner(feed)
+            return runner
+
+        runner, first_step_s = _timed(first)
+        values = _steady(lambda: runner(feed), batch_size, steps, repeats)
+    return first_step_s, values, f"{FORMATS[fmt].runtime}, exported by Keras' {fmt} exporter (first step: export)"
+
+
+def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3, precision="fp32", jit_compile=None,
+             runtime=None):
     """Measures one model in one mode in this process's backend; returns the row's measured fields.
 
     Args:
@@ -437,6 +473,7 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
         repeats: timed repeats.
         precision: fp32 | bf16 | fp16 (the dtype policy the model is built under).
         jit_compile: compile the train and predict steps (torch: `torch.compile`); None: Keras' auto.
+        runtime: an export format (onnx): infer rows run the exported model in that format's runtime.
     """
     import keras
 
@@ -448,6 +485,8 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
     arch, cfg = _config(model_name, encoder, image_size, batch_size, jit_compile)
     if mode == "input":
         return _measure_input(arch, cfg, batch_size, steps, repeats)
+    if runtime and mode != "infer":
+        raise ValueError(f"an exported {runtime} model runs inference only: see the Keras backends' {mode} rows")
 
     keras.utils.set_random_seed(0)
     model, build_s = _build(arch, cfg, precision)
@@ -459,6 +498,9 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
         _, first_step_s = _timed(lambda: (_compile(model, arch, cfg), model.train_on_batch(x, y), bench_backend.sync()))
         values = _steady(lambda: model.train_on_batch(x, y), batch_size, steps, repeats)
         factor = TRAIN_FLOPS_FACTOR
+    elif runtime:
+        first_step_s, values, note = _measure_exported(model, x, runtime, batch_size, steps, repeats)
+        factor = 1
     else:
         infer = export_model(model)
         if jit_compile is not None:
@@ -477,11 +519,12 @@ def _measure(model_name, encoder, mode, image_size, batch_size, steps, repeats=3
         "host_mem_mb": _host_memory_mb(),
         "device_mem_mb": bench_backend.device_memory_mb(),
         **model_size(model),
+        **({"note": note} if runtime else {}),
     }
 
 
 def _measure_here(backend, plan, modes, image_size, batch_size, steps, devices=1, repeats=3, precision="fp32",
-                  jit_compile=None):
+                  jit_compile=None, runtime=None):
     """Rows for every planned model x mode in this process (a failing model becomes an error row).
 
     Args:
@@ -495,6 +538,7 @@ def _measure_here(backend, plan, modes, image_size, batch_size, steps, devices=1
         repeats: timed repeats.
         precision: fp32 | bf16 | fp16.
         jit_compile: see `_measure`.
+        runtime: see `_measure`.
     """
     import keras
 
@@ -513,7 +557,8 @@ def _measure_here(backend, plan, modes, image_size, batch_size, steps, devices=1
                 rows.append(_row(backend, model, encoder, image_size, batch_size, error, devices, mode=mode, **common))
                 continue
             try:
-                values = _measure(model, encoder, mode, image_size, batch_size, steps, repeats, precision, jit_compile)
+                values = _measure(model, encoder, mode, image_size, batch_size, steps, repeats, precision, jit_compile,
+                                  runtime)
                 rows.append(_row(backend, model, encoder, image_size, batch_size, "ok", devices, mode=mode, **common,
                                  **values))
             except Exception as e:  # one broken model should not lose the others' measurements
@@ -754,7 +799,7 @@ def _as_list(values, default):
 
 def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=224, batch_size=8, steps=3,
               repeats=3, precision="fp32", backends=None, out=None, echo=print, devices=(1,), in_process=False,
-              jit_compile=None, isolate=False):
+              jit_compile=None, isolate=False, runtime=None):
     """Measures every model x encoder x mode on every backend; returns the rows (see `FIELDS`).
 
     Models are built with random weights (weights none) under the precision's
@@ -786,6 +831,8 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
         isolate: measure the current backend in a child process too (the CLI's choice): this process then
             builds no model, so its memory does not add to the next child's and each row's peak host memory
             is that backend's alone.
+        runtime: the current backend's rows run the exported model in this format's runtime (an onnxruntime
+            child's mode).
     """
     import keras
 
@@ -806,6 +853,17 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
             status = f"unknown backend {backend!r}; valid: {', '.join(ALL_BACKENDS)}"
         elif module != current and importlib.util.find_spec(module) is None:
             status = "not installed"
+        elif backend in RUNTIME_BACKENDS and importlib.util.find_spec(backend) is None:
+            status = 'not installed: pip install "skinkeras[export]"'
+        measured_modes = modes
+        if backend in RUNTIME_BACKENDS and not status:
+            # an exported model only predicts: its other modes are a status row each, never measured
+            rows += [_row(backend, model, encoder, image_size, batch_size,
+                          f"inference only: an exported {RUNTIME_BACKENDS[backend]} model is not trained", mode=mode,
+                          **common) for model, encoder, _ in plan for mode in modes if mode != "infer"]
+            measured_modes = [m for m in modes if m == "infer"]
+            if not measured_modes:
+                continue
         for count in devices:
             why = status or (f"{'keras.distribution is JAX-only' if module == backend else 'the reference'}: "
                              f"{backend} runs on one device" if count > 1 and backend != "jax" else None)
@@ -813,13 +871,13 @@ def run_bench(models=("deep_unet",), encoders=(), modes=("train",), image_size=2
                 rows += [_row(backend, model, encoder, image_size, batch_size, why, count, mode=mode, **common)
                          for model, encoder, _ in plan for mode in modes]
             elif backend in VARIANT_BACKENDS:
-                rows += _measure_subprocess(backend, models, encoders, modes, image_size, batch_size, steps, count,
-                                            repeats, precision)
+                rows += _measure_subprocess(backend, models, encoders, measured_modes, image_size, batch_size, steps,
+                                            count, repeats, precision)
             elif backend in REFERENCE_BACKENDS:
                 rows += _measure_reference(backend, plan, modes, image_size, batch_size, steps, repeats, precision)
             elif backend == current and not isolate and (count == 1 or in_process):
                 rows += _measure_here(backend, plan, modes, image_size, batch_size, steps, count, repeats, precision,
-                                      jit_compile)
+                                      jit_compile, runtime)
             else:
                 rows += _measure_subprocess(backend, models, encoders, modes, image_size, batch_size, steps, count,
                                             repeats, precision)
@@ -874,6 +932,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print rows as one JSON line (for the parent process)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the steps (a torch-compile child)")
     parser.add_argument("--data-format", default=None, help="Keras image data format of the models built here")
+    parser.add_argument("--runtime", default=None, help="export format whose runtime runs the infer rows (onnx)")
     args = parser.parse_args(argv)
     if args.data_format:
         import keras
@@ -892,7 +951,7 @@ def main(argv=None):
     os.dup2(2, 1)
     try:
         rows = run_bench(**kwargs, echo=lambda *a, **k: None, devices=[int(args.devices)], in_process=True,
-                         jit_compile=True if args.jit_compile else None)
+                         jit_compile=True if args.jit_compile else None, runtime=args.runtime)
     finally:
         sys.stdout.flush()
         os.dup2(saved_stdout, 1)

@@ -280,3 +280,19 @@ def test_several_devices_on_a_backend_without_distribution_is_a_row_not_a_measur
     assert [(r["backend"], r["devices"]) for r in rows] == [("tensorflow", 2), ("nonexistent_backend", 2)]
     assert "JAX-only" in rows[0]["status"] and rows[0]["step_s"] is None
     assert "unknown backend" in rows[1]["status"]
+
+
+def test_onnxruntime_rows_run_the_exported_model(tmp_path):
+    """onnxruntime rows: a TensorFlow child exports the model to ONNX and times onnxruntime on it (infer); the
+    other modes get a status row and are never measured."""
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None:
+        pytest.skip('the export extra is not installed (pip install "skinkeras[export]")')
+    rows = bench.run_bench(models=["tdbn"], encoders=["mobilenetv2"], modes=["infer", "train"], image_size=64,
+                           batch_size=2, steps=1, repeats=1, backends="onnxruntime", echo=quiet)
+    train = next(r for r in rows if r["mode"] == "train")
+    infer = next(r for r in rows if r["mode"] == "infer")
+    assert train["status"].startswith("inference only") and train["img_per_s"] is None
+    assert infer["status"] == "ok", infer["status"]
+    assert infer["backend"] == "onnxruntime" and infer["img_per_s"] > 0 and "onnxruntime" in infer["note"]
+    # the same model as the Keras rows: the parameter count and FLOPs are the Keras model's
+    assert infer["params"] > 0 and infer["flops_per_image"] > 0

@@ -652,9 +652,9 @@ class ExportConfig(BaseConfig):
     seed: int = 0
 
     def check(self):
-        from skinkeras.exporting.artifacts import FORMATS
+        from skinkeras.names import EXPORT_FORMATS
 
-        _one_of(self, "format", tuple(FORMATS))
+        _one_of(self, "format", EXPORT_FORMATS)
         _positive(self, "samples")
         if not self.tolerance > 0:
             raise ValueError(f"--tolerance must be positive (got {self.tolerance})")

@@ -23,3 +23,6 @@ PROBABILITIES = "probabilities"  # classifiers: the softmax output
 # Tasks.
 SEGMENTATION = "segmentation"
 CLASSIFICATION = "classification"
+
+# The formats `export` writes (Keras' `model.export` names), for the config's check below the exporter.
+EXPORT_FORMATS = ("onnx", "tf_saved_model", "litert", "torch")

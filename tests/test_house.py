@@ -35,7 +35,7 @@ LOWER = [path for folder in ("data", "models", "layers", "pretrained", "trust")
          for path in (ROOT / "skinkeras" / folder).rglob("*.py")]
 LOWER += [ROOT / "skinkeras" / name for name in ("config.py", "inference.py", "training.py", "names.py")]
 UPPER = ("skinkeras.segmentation", "skinkeras.classification", "skinkeras.explain", "skinkeras.report",
-         "skinkeras.reproduce", "skinkeras.bench", "skinkeras.demo")
+         "skinkeras.reproduce", "skinkeras.bench", "skinkeras.demo", "skinkeras.exporting", "skinkeras.serving")
 
 
 def imported_modules(path, root=ROOT):

@@ -34,7 +34,7 @@ class Explained:
 
 
 def explain_image(image, seg_model, run, age=None, sex=None, site=None, method="gradcam", layer=None, tta="none",
-                  refer_at=0.90, cams=True):
+                  refer_at=0.90, cams=True, targets=None):
     """Segments, classifies and explains one RGB image with loaded models (the part `predict` and `serve` share).
 
     Args:
@@ -49,6 +49,8 @@ def explain_image(image, seg_model, run, age=None, sex=None, site=None, method="
         tta: none | flip | flip-rotate: the probabilities are the mean over these views.
         refer_at: target accuracy whose validation threshold decides "refer to a clinician".
         cams: compute the CAM overlays (False: probabilities only, one forward pass).
+        targets: precomputed `cam_targets(run.model, layer)`; a caller that explains many images (the server)
+            builds them once, since building them clones the model.
 
     Returns:
         `Explained`.
@@ -77,7 +79,7 @@ def explain_image(image, seg_model, run, age=None, sex=None, site=None, method="
     inputs, has_metadata = one_image_inputs(run.contract, views, run.encoder, age, sex, site)
     overlays, explained = {}, None
     if cams:
-        result = grad_cam(cls_model, inputs, layer=layer, method=method)
+        result = grad_cam(cls_model, inputs, layer=layer, method=method, targets=targets)
         raw = result.probabilities[:1]
         explained = classes[int(result.class_index[0])]
         for target in result.targets:

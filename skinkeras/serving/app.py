@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from skinkeras.names import SEGMENTED
 from skinkeras.serving.engine import BadInput, decode_upload, png_bytes
 
 API_PREFIX = "/api/"
@@ -227,7 +228,7 @@ def create_app(engine, token=None, max_upload_mb=20.0, max_pixels=40_000_000, re
             "image_size": [int(image.shape[1]), int(image.shape[0])],
             "metadata": {"age": age, "sex": sex, "site": site},
             "mask": data_url(png_bytes(result.mask.astype("uint8") * 255)),
-            "segmented": data_url(png_bytes(result.segmented)),
+            SEGMENTED: data_url(png_bytes(result.segmented)),
             "cams": {branch: data_url(png_bytes(cam)) for branch, cam in result.cams.items()},
             "cams_note": None if engine.info["cams"] else "Grad-CAM needs gradients: serve with --runtime keras",
             "seconds": round(time.perf_counter() - begin, 3),

@@ -102,9 +102,13 @@ class KerasEngine:
         from skinkeras.models.contract import contract_of
         from skinkeras.runs import git_commit
 
+        from skinkeras.explain.gradcam import cam_targets
+
         self.method = method
         self.seg = load_model(seg_model, task=SEGMENTATION)
         self.run = load_cls_run(cls_model)
+        # built once: each build clones the model, which cost most of a request when done per call
+        self.targets = cam_targets(self.run.model)
         self.encoder = self.run.encoder
         self.metadata = METADATA in self.run.contract.inputs
         self.info = {
@@ -124,7 +128,8 @@ class KerasEngine:
     def __call__(self, image, age=None, sex=None, site=None, refer_at=0.90):
         from skinkeras.explain.predict import explain_image
 
-        done = explain_image(image, self.seg, self.run, age, sex, site, method=self.method, refer_at=refer_at)
+        done = explain_image(image, self.seg, self.run, age, sex, site, method=self.method, refer_at=refer_at,
+                             targets=self.targets)
         return Result(done.report, done.mask, done.segmented, done.cams)
 
 

@@ -94,6 +94,14 @@ def test_export_and_parity(models, tmp_path, fmt, name):
     assert sidecar == written
 
 
+def test_the_config_checks_the_formats_the_exporter_writes():
+    from skinkeras.names import EXPORT_FORMATS
+
+    assert tuple(FORMATS) == EXPORT_FORMATS
+    with pytest.raises(ValueError, match="Unknown --format 'pdf'"):
+        ExportConfig(model="m.keras", format="pdf", out="o")
+
+
 def test_refusals_are_one_line(models, tmp_path):
     backend = keras.backend.backend()
     refused = [f for f, spec in FORMATS.items() if backend not in spec.backends]

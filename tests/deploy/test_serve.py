@@ -4,6 +4,7 @@ the page in headless Chromium. The models are the tiny demo's (shared with the d
 import base64
 import io
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -279,3 +280,52 @@ def test_page_in_a_real_browser(server, tmp_path):
     assert all(u.startswith((server.url, "data:", "blob:")) for u in seen.requests), seen.requests
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10 and pixels.shape[0] > 400  # a page with content, not a blank screenshot
+
+
+def test_load_test_counts_and_bounds(server, tmp_path):
+    from skinkeras.serving.loadtest import load_test
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(_jpeg(7))
+    rounds = load_test(server.url, str(image), clients=(1, 2), requests=4, seconds=120, warmup=0,
+                       pid=os.getpid())
+    assert [r["clients"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert r["requests"] == 4 and r["statuses"] == {"200": 4}
+        assert 0 < r["p50_s"] <= r["p95_s"] <= r["max_s"] and r["requests_per_s"] > 0
+        assert r["server_peak_mb"] > 100  # this process holds the server and its models
+    bounded = load_test(server.url, str(image), clients=(1,), requests=1000, seconds=0.5, warmup=0)[0]
+    assert 1 <= bounded["requests"] < 1000  # the time bound stops the round
+
+
+def test_ctrl_c_stops_the_cli_server_cleanly(demo_models):
+    """`python cli.py serve` in its own process: it answers, then SIGINT (Ctrl-C) ends it with exit 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from skinkeras.serving.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "cli.py", "serve", "--seg-model", demo_models[0], "--cls-model",
+                             demo_models[1], "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if request(f"http://127.0.0.1:{port}/api/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the server did not start")
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert f"Serving on http://127.0.0.1:{port}/" in output and "Stopped." in output
+    assert "Traceback" not in output

@@ -685,9 +685,13 @@ def serve_cmd(**values):
     """A local web page and JSON API: drop a dermoscopic image, see the mask, the class probabilities, the
     Grad-CAM of each branch and the referral flag. Ctrl-C stops it."""
     from skinkeras.config import ServeConfig
+    from skinkeras.exporting.runtimes import RuntimeUnavailable
     from skinkeras.serving import serve
 
-    serve(ServeConfig(**values), echo=click.echo)
+    try:
+        serve(ServeConfig(**values), echo=click.echo)
+    except (RuntimeUnavailable, ImportError) as exc:  # --runtime onnx without onnxruntime, or no serve extra
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__) from None
 
 
 @cli.command("report")

@@ -287,7 +287,7 @@ def test_onnxruntime_rows_run_the_exported_model(tmp_path):
     other modes get a status row and are never measured."""
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None:
         pytest.skip('the export extra is not installed (pip install "skinkeras[export]")')
-    rows = bench.run_bench(models=["tdbn"], encoders=["mobilenetv2"], modes=["infer", "train"], image_size=64,
+    rows = bench.run_bench(models=["unet"], encoders=["mobilenetv2"], modes=["infer", "train"], image_size=32,
                            batch_size=2, steps=1, repeats=1, backends="onnxruntime", echo=quiet)
     train = next(r for r in rows if r["mode"] == "train")
     infer = next(r for r in rows if r["mode"] == "infer")

@@ -85,12 +85,11 @@ def parse_multipart(body, content_type):
     return fields
 
 
-def parse_metadata(fields, engine):
+def parse_metadata(fields):
     """(age, sex, site) of the form, each None when not given; bad values raise a 422 line.
 
     Args:
         fields: from `parse_multipart`.
-        engine: the engine (its metadata encoder names the valid values).
     """
     from skinkeras.data.metadata import normalize_sex, normalize_site
 
@@ -210,7 +209,7 @@ def create_app(engine, token=None, max_upload_mb=20.0, max_pixels=40_000_000, re
             raise BadInput("no 'image' file field: send the image as multipart/form-data field 'image'")
         data, filename = fields["image"]
         image = decode_upload(data, max_pixels, f"image {filename!r}" if filename else "image")
-        age, sex, site = parse_metadata(fields, engine)
+        age, sex, site = parse_metadata(fields)
         if keep_uploads:
             os.makedirs(keep_uploads, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")

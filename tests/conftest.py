@@ -28,15 +28,38 @@ def full_size_backend():
     return "torch" if importlib.util.find_spec("torch") is not None else "tensorflow"
 
 
+def learning_backend():
+    """The one backend the long `learning` tests (many epochs of a segmentation net) run on: JAX, where installed.
+
+    Measured on the CI machine (2 cores, both lanes busy), the Deep-UNet's 8 synthetic epochs take 109 s under
+    JAX, 225 s under torch and 451 s under TensorFlow, whose fixed cost is tracing the train step (150 s of 258 s
+    alone), a tenth of the suite's lane. The layers and losses are the same Keras code on every backend, and
+    the cross-backend tests hold the models' outputs equal; torch's training is exercised by the classifier
+    tests of the core lane. SKINKERAS_FULL_SIZE_BACKENDS=all runs them on every backend.
+    """
+    import importlib.util
+
+    return "jax" if importlib.util.find_spec("jax") is not None else full_size_backend()
+
+
+@pytest.hookimpl(tryfirst=True)  # the demo marker must be on the items before `-m` selects
 def pytest_collection_modifyitems(config, items):
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if os.environ.get("SKINKERAS_FULL_SIZE_BACKENDS") == "all" or backend == full_size_backend():
-        return
-    skip = pytest.mark.skip(reason=f"full-size structure is checked under {full_size_backend()} "
-                                   "(SKINKERAS_FULL_SIZE_BACKENDS=all runs it here)")
     for item in items:
-        if "slow" in item.keywords and "backend" in item.keywords:
-            item.add_marker(skip)
+        # The tests that share the tiny demo run in one process, wherever the lane split of `make test` puts them.
+        if "tiny_demo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.demo)
+    if os.environ.get("SKINKERAS_FULL_SIZE_BACKENDS") == "all":
+        return
+    for marker, home, what in (("slow", full_size_backend(), "full-size structure"),
+                               ("learning", learning_backend(), "learning over many epochs")):
+        if backend == home:
+            continue
+        skip = pytest.mark.skip(reason=f"{what} is checked under {home} (SKINKERAS_FULL_SIZE_BACKENDS=all runs "
+                                       "it here)")
+        for item in items:
+            if marker in item.keywords and "backend" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

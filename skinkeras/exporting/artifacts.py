@@ -254,7 +254,7 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
     import keras
 
     from skinkeras.data.metadata import MetadataEncoder
-    from skinkeras.exporting.runtimes import export_options, open_artifact
+    from skinkeras.exporting.runtimes import export_options, main_output, open_artifact
     from skinkeras.inference import load_model
     from skinkeras.models.contract import contract_of
 
@@ -276,7 +276,7 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
     samples = len(next(iter(inputs.values())))
     dict_inputs = isinstance(model.input, dict)
     feed = inputs if dict_inputs else inputs[contract.inputs[0]]
-    expected = _main_output(model(feed, training=False), contract)  # Keras exports only a model that was called
+    expected = main_output(model(feed, training=False), contract.output)  # Keras exports only a model that was called
 
     os.makedirs(out, exist_ok=True)
     artifact = os.path.join(out, spec.filename)
@@ -321,16 +321,6 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
     echo(f"Wrote {artifact} and {MODEL_JSON}: parity {diff:.2e} <= {tolerance:g} on {samples} inputs "
          f"({spec.runtime} against Keras)")
     return sidecar
-
-
-def _main_output(out, contract):
-    if isinstance(out, dict):
-        out = out[contract.output]
-    elif isinstance(out, (list, tuple)):
-        out = out[0]
-    import keras
-
-    return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
 
 
 def read_sidecar(folder):

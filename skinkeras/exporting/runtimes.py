@@ -41,7 +41,13 @@ def require_runtime(fmt):
     return runtime
 
 
-def _single_output(out, output_name=None):
+def main_output(out, output_name=None):
+    """The main output of a model call (a Keras model's or a runtime's) as a float32 NumPy array.
+
+    Args:
+        out: an array, a list (the first is the main one) or a dict of outputs, on any backend.
+        output_name: the dict key of the main output (the contract's); the first value where absent.
+    """
     if isinstance(out, dict):
         out = out[output_name] if output_name in out else next(iter(out.values()))
     elif isinstance(out, (list, tuple)):
@@ -70,7 +76,7 @@ class OnnxRunner:
 
     def __call__(self, inputs):
         feed = {self.feeds[name]: np.asarray(value, np.float32) for name, value in inputs.items()}
-        return _single_output(self.session.run(None, feed))
+        return main_output(self.session.run(None, feed))
 
 
 class SavedModelRunner:
@@ -90,7 +96,7 @@ class SavedModelRunner:
 
     def __call__(self, inputs):
         tensors = {k: self.tf.constant(np.asarray(v, np.float32)) for k, v in inputs.items()}
-        return _single_output(self.artifact.serve(_structured(tensors, self.input_names, self.dict_inputs)))
+        return main_output(self.artifact.serve(_structured(tensors, self.input_names, self.dict_inputs)))
 
 
 class LiteRTRunner:
@@ -146,7 +152,7 @@ class TorchRunner:
         torch = self.torch
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in inputs.items()}
         with torch.inference_mode():
-            return _single_output(self.module(_structured(tensors, self.input_names, self.dict_inputs)))
+            return main_output(self.module(_structured(tensors, self.input_names, self.dict_inputs)))
 
 
 RUNNERS = {"onnx": OnnxRunner, "tf_saved_model": SavedModelRunner, "litert": LiteRTRunner, "torch": TorchRunner}

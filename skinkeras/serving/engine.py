@@ -251,6 +251,9 @@ class Serialised:
         self.engine = engine
         self.lock = threading.Lock()
 
+    def __getattr__(self, name):  # what the app reads besides the call (info, metadata) is the engine's
+        return getattr(self.engine, name)
+
     def __call__(self, *args, **kwargs):
         with self.lock:
             return self.engine(*args, **kwargs)

@@ -58,7 +58,6 @@ def build_app(cfg, echo=print):
     # Keras models (and Grad-CAM's clones of them) are called from one thread at a time; more workers are an
     # onnxruntime option (its sessions are thread-safe).
     shared = engine if (cfg.runtime == "onnx" and cfg.workers > 1) else Serialised(engine)
-    shared.info, shared.metadata = engine.info, engine.metadata
     app = create_app(shared, token=token, max_upload_mb=cfg.max_upload_mb, max_pixels=cfg.max_pixels,
                      refer_at=parse_targets(cfg.refer_at)[0], keep_uploads=cfg.keep_uploads, workers=cfg.workers)
     return app, engine

@@ -8,7 +8,6 @@ import os
 import threading
 import urllib.error
 import urllib.request
-import uuid
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from PIL import Image
 
 from skinkeras.config import ServeConfig
 from skinkeras.serving import BackgroundServer, build_app
+from skinkeras.serving.loadtest import multipart
 from skinkeras.serving.server import check_exposure
 
 
@@ -39,15 +39,7 @@ def request(url, fields=None, files=None, token=None, raw=None, content_type=Non
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = raw
     if fields is not None or files is not None:
-        boundary = uuid.uuid4().hex
-        data = b""
-        for name, value in (fields or {}).items():
-            data += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, (filename, payload) in (files or {}).items():
-            data += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n").encode() + payload + b"\r\n"
-        data += f"--{boundary}--\r\n".encode()
-        content_type = f"multipart/form-data; boundary={boundary}"
+        data, content_type = multipart(fields or {}, files or {})
     if content_type:
         headers["Content-Type"] = content_type
     req = urllib.request.Request(url, data=data, headers=headers)

@@ -1,10 +1,13 @@
 """Which (format x model) pairs export under the current backend: the README's format table.
 
-Builds a Deep-UNet, a TDBN and the original-only classifier (EfficientNet-Lite0 encoders, random weights,
-64 px: the TDBN's attention sees 4 tokens), exports each to each format through `skinkeras.export`, and prints
-one line per pair: the parity difference, or the one-line refusal.
+Builds each model of `--models` with random weights (the segmentation models and the TDBN variants on the
+EfficientNet-Lite0 encoder, the Table 2 baselines on their own; 64 px by default, where the TDBN's attention sees 4
+tokens), exports each to each format through `skinkeras.export`, and prints one line per pair: the parity
+difference, or the one-line refusal.
 
     for b in tensorflow jax torch; do KERAS_BACKEND=$b python experiments/export/matrix.py --out /tmp/matrix; done
+    KERAS_BACKEND=tensorflow python experiments/export/matrix.py --models unet,unetpp,deeplabv3plus,resnet50 \
+        --image-size 96 --out /tmp/matrix
 """
 
 import argparse
@@ -16,7 +19,8 @@ import keras
 from skinkeras.config import ClsTrainConfig, SegTrainConfig
 from skinkeras.exporting import FORMATS, export
 from skinkeras.models.contract import export_model
-from skinkeras.models.registry import build_model
+from skinkeras.models.registry import build_model, get_architecture
+from skinkeras.names import SEGMENTATION
 
 
 def main():
@@ -24,18 +28,20 @@ def main():
     parser.add_argument("--out", default="/tmp/export-matrix")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--models", default="deep_unet,tdbn,original_only")
+    parser.add_argument("--image-size", type=int, default=64, help="Xception needs at least 71")
     args = parser.parse_args()
     backend = keras.backend.backend()
     out = os.path.join(args.out, backend)
     os.makedirs(out, exist_ok=True)
     paths = {}
     for name in args.models.split(","):
-        if name == "deep_unet":
+        if get_architecture(name).task == SEGMENTATION:
             model = export_model(build_model(SegTrainConfig(arch=name, encoder="efficientnet_lite0", weights="none",
-                                                            image_size=64)))
+                                                            image_size=args.image_size)))
         else:
-            model = build_model(ClsTrainConfig(arch=name, encoder="efficientnet_lite0", weights="none", image_size=64,
-                                               ffn_dim=64, head_units=[32]), num_classes=7, num_features=12)
+            model = build_model(ClsTrainConfig(arch=name, encoder="efficientnet_lite0", weights="none",
+                                               image_size=args.image_size, ffn_dim=64, head_units=[32]),
+                                num_classes=7, num_features=12)
         paths[name] = os.path.join(out, f"{name}.keras")
         model.save(paths[name])
     for fmt in args.formats.split(","):

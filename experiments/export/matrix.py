@@ -35,13 +35,14 @@ def main():
     os.makedirs(out, exist_ok=True)
     paths = {}
     for name in args.models.split(","):
-        if get_architecture(name).task == SEGMENTATION:
+        arch = get_architecture(name)
+        if arch.task == SEGMENTATION:
             model = export_model(build_model(SegTrainConfig(arch=name, encoder="efficientnet_lite0", weights="none",
                                                             image_size=args.image_size)))
         else:
             model = build_model(ClsTrainConfig(arch=name, encoder="efficientnet_lite0", weights="none",
                                                image_size=args.image_size, ffn_dim=64, head_units=[32]),
-                                num_classes=7, num_features=12)
+                                num_classes=7, **({"num_features": 12} if arch.needs_metadata else {}))
         paths[name] = os.path.join(out, f"{name}.keras")
         model.save(paths[name])
     for fmt in args.formats.split(","):

@@ -262,7 +262,7 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     spec = FORMATS[fmt]
     backend = keras.backend.backend()
-    model = load_model(model_path)
+    model = _constants_inlined(load_model(model_path))
     contract = contract_of(model)
     what = f"{contract.arch or model.name} ({contract.task})"
     if backend not in spec.backends:
@@ -321,6 +321,26 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
     echo(f"Wrote {artifact} and {MODEL_JSON}: parity {diff:.2e} <= {tolerance:g} on {samples} inputs "
          f"({spec.runtime} against Keras)")
     return sidecar
+
+
+def _constants_inlined(model):
+    """The model with each Normalization layer's mean and variance held as NumPy arrays (the same values).
+
+    Keras' Normalization computes them as backend tensors when it is built, so a traced TensorFlow function
+    captures them as inputs, and tf2onnx leaves those as graph inputs nobody feeds (measured on the EfficientNet
+    encoders: "Required inputs ([...normalization/Sub/y:0, ...Sqrt/x:0]) are missing"). Arrays become
+    constants of every exporter's graph.
+
+    Args:
+        model: a loaded model (changed in place; it is the export's own copy).
+    """
+    import keras
+
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Normalization) and getattr(layer, "mean", None) is not None:
+            layer.mean = np.asarray(keras.ops.convert_to_numpy(layer.mean))
+            layer.variance = np.asarray(keras.ops.convert_to_numpy(layer.variance))
+    return model
 
 
 def read_sidecar(folder):

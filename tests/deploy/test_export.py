@@ -135,3 +135,19 @@ def test_parity_failure_fails_the_export(models, tmp_path, monkeypatch):
         export(ExportConfig(model=models["deep_unet"], format="onnx", out=str(tmp_path / "bad")), echo=lambda *a: None)
     written = json.loads((tmp_path / "bad" / "model.json").read_text())
     assert not written["parity"]["passed"] and written["parity"]["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="ONNX of a classifier is written under TensorFlow")
+def test_an_encoder_with_a_normalization_layer_exports_to_onnx(tmp_path):
+    # keras.applications' EfficientNets normalise their input with a Normalization layer whose mean and variance
+    # a traced TensorFlow function captures as inputs; tf2onnx left them unfed (measured on EfficientNetB3).
+    from skinkeras.config import ClsTrainConfig
+    from skinkeras.models.registry import build_model
+
+    model = build_model(ClsTrainConfig(arch="original_only", encoder="efficientnetb0", weights="none", image_size=32,
+                                       head_units=[8]), num_classes=len(CLASSES))
+    assert any(isinstance(layer, keras.layers.Normalization)
+               for layer in model._flatten_layers(include_self=False, recursive=True))
+    model.save(tmp_path / "effnet.keras")
+    written = export(str(tmp_path / "effnet.keras"), "onnx", str(tmp_path / "onnx"), samples=2, echo=lambda *a: None)
+    assert written["parity"]["passed"] and written["parity"]["max_abs_diff"] <= 1e-4

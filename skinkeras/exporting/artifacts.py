@@ -262,7 +262,7 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     spec = FORMATS[fmt]
     backend = keras.backend.backend()
-    model = _constants_inlined(load_model(model_path))
+    model = _exportable(load_model(model_path))
     contract = contract_of(model)
     what = f"{contract.arch or model.name} ({contract.task})"
     if backend not in spec.backends:
@@ -323,23 +323,35 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
     return sidecar
 
 
-def _constants_inlined(model):
-    """The model with each Normalization layer's mean and variance held as NumPy arrays (the same values).
+def _erf_gelu(x):
+    import keras
 
-    Keras' Normalization computes them as backend tensors when it is built, so a traced TensorFlow function
-    captures them as inputs, and tf2onnx leaves those as graph inputs nobody feeds (measured on the EfficientNet
-    encoders: "Required inputs ([...normalization/Sub/y:0, ...Sqrt/x:0]) are missing"). Arrays become
-    constants of every exporter's graph.
+    return 0.5 * x * (1.0 + keras.ops.erf(x * 0.7071067811865476))
+
+
+def _exportable(model):
+    """The model with what exporters mis-convert rewritten as the same values in plainer operations.
+
+    - Each Normalization layer's mean and variance are held as NumPy arrays. Keras computes them as backend
+      tensors when the layer is built, so a traced TensorFlow function captures them as inputs, and tf2onnx
+      leaves those as graph inputs nobody feeds (measured on the EfficientNet encoders: "Required inputs
+      ([...normalization/Sub/y:0, ...Sqrt/x:0]) are missing"). Arrays become constants of the graph.
+    - Exact GELU (the ViT's MLP) is written with erf: TensorFlow computes it with erfc, which tf2onnx copies
+      into the ONNX graph as an `Erfc` node, an operator ONNX does not have (measured: onnxruntime "INVALID_GRAPH
+      ... Erfc").
 
     Args:
         model: a loaded model (changed in place; it is the export's own copy).
     """
     import keras
 
+    gelu = keras.activations.gelu
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.Normalization) and getattr(layer, "mean", None) is not None:
             layer.mean = np.asarray(keras.ops.convert_to_numpy(layer.mean))
             layer.variance = np.asarray(keras.ops.convert_to_numpy(layer.variance))
+        if getattr(layer, "activation", None) is gelu:
+            layer.activation = _erf_gelu
     return model
 
 

@@ -1,8 +1,8 @@
 """Which (format x model) pairs export under the current backend: the README's format table.
 
-Builds each model of `--models` with random weights (the segmentation models and the TDBN variants on the
-EfficientNet-Lite0 encoder, the Table 2 baselines on their own; 64 px by default, where the TDBN's attention sees 4
-tokens), exports each to each format through `skinkeras.export`, and prints one line per pair: the parity
+Builds each model of `--models` with random weights (the segmentation models and the TDBN variants on
+`--encoder`, EfficientNet-Lite0 by default; the Table 2 baselines on their own; 64 px by default, where the
+TDBN's attention sees 4 tokens), exports each to each format through `skinkeras.export`, and prints one line per pair: the parity
 difference, or the one-line refusal.
 
     for b in tensorflow jax torch; do KERAS_BACKEND=$b python experiments/export/matrix.py --out /tmp/matrix; done
@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--models", default="deep_unet,tdbn,original_only")
     parser.add_argument("--image-size", type=int, default=64, help="Xception needs at least 71")
+    parser.add_argument("--encoder", default="efficientnet_lite0", help="of the segmentation models and TDBN variants")
     args = parser.parse_args()
     backend = keras.backend.backend()
     out = os.path.join(args.out, backend)
@@ -37,10 +38,10 @@ def main():
     for name in args.models.split(","):
         arch = get_architecture(name)
         if arch.task == SEGMENTATION:
-            model = export_model(build_model(SegTrainConfig(arch=name, encoder="efficientnet_lite0", weights="none",
+            model = export_model(build_model(SegTrainConfig(arch=name, encoder=args.encoder, weights="none",
                                                             image_size=args.image_size)))
         else:
-            model = build_model(ClsTrainConfig(arch=name, encoder="efficientnet_lite0", weights="none",
+            model = build_model(ClsTrainConfig(arch=name, encoder=args.encoder, weights="none",
                                                image_size=args.image_size, ffn_dim=64, head_units=[32]),
                                 num_classes=7, **({"num_features": 12} if arch.needs_metadata else {}))
         paths[name] = os.path.join(out, f"{name}.keras")

@@ -262,7 +262,7 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     spec = FORMATS[fmt]
     backend = keras.backend.backend()
-    model = _exportable(load_model(model_path))
+    model = _exportable(load_model(model_path), fmt)
     contract = contract_of(model)
     what = f"{contract.arch or model.name} ({contract.task})"
     if backend not in spec.backends:
@@ -329,19 +329,21 @@ def _erf_gelu(x):
     return 0.5 * x * (1.0 + keras.ops.erf(x * 0.7071067811865476))
 
 
-def _exportable(model):
+def _exportable(model, fmt):
     """The model with what exporters mis-convert rewritten as the same values in plainer operations.
 
     - Each Normalization layer's mean and variance are held as NumPy arrays. Keras computes them as backend
       tensors when the layer is built, so a traced TensorFlow function captures them as inputs, and tf2onnx
       leaves those as graph inputs nobody feeds (measured on the EfficientNet encoders: "Required inputs
       ([...normalization/Sub/y:0, ...Sqrt/x:0]) are missing"). Arrays become constants of the graph.
-    - Exact GELU (the ViT's MLP) is written with erf: TensorFlow computes it with erfc, which tf2onnx copies
-      into the ONNX graph as an `Erfc` node, an operator ONNX does not have (measured: onnxruntime "INVALID_GRAPH
-      ... Erfc").
+    - For ONNX, exact GELU (the ViT's MLP) is written with erf: TensorFlow computes it with erfc, which tf2onnx
+      copies into the ONNX graph as an `Erfc` node, an operator ONNX does not have (measured: onnxruntime
+      "INVALID_GRAPH ... Erfc"). Only for ONNX: JAX lowers `erf` to a StableHLO composite that TensorFlow's
+      SavedModel runtime cannot read (measured: "unregistered operation 'vhlo.composite_v2'").
 
     Args:
         model: a loaded model (changed in place; it is the export's own copy).
+        fmt: the format it is exported to.
     """
     import keras
 
@@ -350,7 +352,7 @@ def _exportable(model):
         if isinstance(layer, keras.layers.Normalization) and getattr(layer, "mean", None) is not None:
             layer.mean = np.asarray(keras.ops.convert_to_numpy(layer.mean))
             layer.variance = np.asarray(keras.ops.convert_to_numpy(layer.variance))
-        if getattr(layer, "activation", None) is gelu:
+        if fmt == "onnx" and getattr(layer, "activation", None) is gelu:
             layer.activation = _erf_gelu
     return model
 

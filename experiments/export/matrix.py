@@ -2,8 +2,8 @@
 
 Builds each model of `--models` with random weights (the segmentation models and the TDBN variants on
 `--encoder`, EfficientNet-Lite0 by default; the Table 2 baselines on their own; 64 px by default, where the
-TDBN's attention sees 4 tokens), exports each to each format through `skinkeras.export`, and prints one line per pair: the parity
-difference, or the one-line refusal.
+TDBN's attention sees 4 tokens), exports each to each format through `skinkeras.export`, and prints one line
+per pair: the parity difference, or the one-line refusal.
 
     for b in tensorflow jax torch; do KERAS_BACKEND=$b python experiments/export/matrix.py --out /tmp/matrix; done
     KERAS_BACKEND=tensorflow python experiments/export/matrix.py --models unet,unetpp,deeplabv3plus,resnet50 \

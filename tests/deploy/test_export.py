@@ -2,7 +2,8 @@
 
 Each (format, model) is exported under one backend that writes it (the cheapest), so every backend lane
 exports a little: TensorFlow writes the TDBN's ONNX and both LiteRT files, JAX the SavedModels (through
-jax2tf), torch the Deep-UNet's ONNX and the torch.export programs. A format that cannot carry a model on a backend is one line saying which and why.
+jax2tf), torch the Deep-UNet's ONNX and the torch.export programs. A format that cannot carry a model on a
+backend is one line saying which and why.
 """
 
 import json
@@ -89,7 +90,8 @@ def test_export_and_parity(models, tmp_path, fmt, name):
     feed = {}
     for spec in written["inputs"]:
         shape = [5, *spec["shape"][1:]]
-        feed[spec["name"]] = (rng.uniform(0, 255, shape) if len(shape) == 4 else rng.normal(size=shape)).astype("float32")
+        value = rng.uniform(0, 255, shape) if len(shape) == 4 else rng.normal(size=shape)
+        feed[spec["name"]] = value.astype("float32")
     if "metadata_mask" in feed:
         feed["metadata_mask"] = np.ones_like(feed["metadata_mask"])
     got = open_artifact(str(out / FORMATS[fmt].filename), fmt, contract.inputs,
@@ -149,8 +151,8 @@ def test_what_exporters_mis_convert_is_rewritten_with_the_same_values(arch, fmt,
     from skinkeras.models.registry import build_model
 
     if arch == "vit":
-        cfg = ClsTrainConfig(arch="vit", weights="none", image_size=32, vit_patch_size=16, vit_dim=16, vit_depth=1, vit_heads=2,
-                             vit_mlp_dim=32, head_units=[8])
+        cfg = ClsTrainConfig(arch="vit", weights="none", image_size=32, vit_patch_size=16, vit_dim=16, vit_depth=1,
+                             vit_heads=2, vit_mlp_dim=32, head_units=[8])
     else:
         cfg = ClsTrainConfig(arch="original_only", encoder=arch, weights="none", image_size=32, head_units=[8])
     model = build_model(cfg, num_classes=len(CLASSES))

@@ -329,6 +329,31 @@ def _erf_gelu(x):
     return 0.5 * x * (1.0 + keras.ops.erf(x * 0.7071067811865476))
 
 
+def layers_within(model):
+    """Every layer inside `model`, once each: nested models' layers and the sublayers custom layers hold.
+
+    Args:
+        model: a Keras model or layer.
+    """
+    import keras
+
+    seen, stack = set(), [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if layer is not model:
+            yield layer
+        children = list(getattr(layer, "layers", None) or ())
+        for value in vars(layer).values():
+            if isinstance(value, keras.layers.Layer):
+                children.append(value)
+            elif isinstance(value, (list, tuple)):
+                children.extend(v for v in value if isinstance(v, keras.layers.Layer))
+        stack.extend(reversed(children))
+
+
 def _exportable(model, fmt):
     """The model with what exporters mis-convert rewritten as the same values in plainer operations.
 
@@ -348,7 +373,7 @@ def _exportable(model, fmt):
     import keras
 
     gelu = keras.activations.gelu
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in layers_within(model):
         if isinstance(layer, keras.layers.Normalization) and getattr(layer, "mean", None) is not None:
             layer.mean = np.asarray(keras.ops.convert_to_numpy(layer.mean))
             layer.variance = np.asarray(keras.ops.convert_to_numpy(layer.variance))

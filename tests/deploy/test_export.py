@@ -15,6 +15,7 @@ import pytest
 
 from skinkeras.config import ClsTrainConfig, ExportConfig, to_json
 from skinkeras.exporting import FORMATS, ExportError, export
+from skinkeras.exporting.artifacts import layers_within
 from skinkeras.exporting.runtimes import open_artifact
 from skinkeras.models.contract import contract_of, export_model
 from skinkeras.models.deep_unet import build_deep_unet
@@ -156,6 +157,17 @@ def test_what_exporters_mis_convert_is_rewritten_with_the_same_values(arch, fmt,
     else:
         cfg = ClsTrainConfig(arch="original_only", encoder=arch, weights="none", image_size=32, head_units=[8])
     model = build_model(cfg, num_classes=len(CLASSES))
+    found = [layer for layer in layers_within(model) if isinstance(layer, keras.layers.Normalization)
+             or getattr(layer, "activation", None) is keras.activations.gelu]
+    assert found, "the model holds what the rewrite is for"
     model.save(tmp_path / "model.keras")
     written = export(str(tmp_path / "model.keras"), fmt, str(tmp_path / fmt), samples=2, echo=lambda *a: None)
     assert written["parity"]["passed"] and written["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_layers_within_finds_every_layer_keras_tracks(models):
+    # the TDBN nests two encoder models and custom layers that hold their sublayers as attributes
+    model = keras.saving.load_model(models["tdbn"], compile=False)
+    want = {id(layer) for layer in model._flatten_layers(include_self=False, recursive=True)}
+    got = [id(layer) for layer in layers_within(model)]
+    assert len(got) == len(set(got)) and set(got) == want

@@ -262,7 +262,7 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     spec = FORMATS[fmt]
     backend = keras.backend.backend()
-    model = _exportable(load_model(model_path), fmt)
+    model = load_model(model_path)
     contract = contract_of(model)
     what = f"{contract.arch or model.name} ({contract.task})"
     if backend not in spec.backends:
@@ -285,6 +285,7 @@ def export_model_file(model_path, fmt, out, samples=PARITY_IMAGES, tolerance=TOL
     elif os.path.exists(artifact):
         os.remove(artifact)
     echo(f"Exporting {what} from {model_path} as {fmt} on the {backend} backend ...")
+    _exportable(model, fmt)  # after `expected`: parity holds the artifact to the model as it was trained
     try:
         model.export(artifact, format=fmt, verbose=False, **export_options(fmt, model))
     except Exception as exc:  # each exporter raises its own types; the user gets the root cause's first line
